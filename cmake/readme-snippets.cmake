@@ -1,0 +1,27 @@
+# Writes every ```cpp block of a Markdown file into one header: its #include
+# lines first, each block's body in a namespace of its own (readme_snippet_1,
+# readme_snippet_2, ...), so that a test can compile them all and call into them.
+function(coropool_extract_readme_snippets markdown output)
+  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${markdown}")
+  file(READ "${markdown}" text)
+  # CMake lists split on ';', which C++ is full of: hide them while splitting.
+  string(REPLACE ";" "@SEMICOLON@" text "${text}")
+  string(REGEX MATCHALL "```cpp\n[^`]*```" blocks "${text}")
+  set(includes "")
+  set(bodies "")
+  set(index 0)
+  foreach(block IN LISTS blocks)
+    math(EXPR index "${index} + 1")
+    string(REGEX REPLACE "^```cpp\n" "" block "${block}")
+    string(REGEX REPLACE "```$" "" block "${block}")
+    string(REGEX MATCHALL "#include [^\n]*\n" block_includes "${block}")
+    foreach(line IN LISTS block_includes)
+      string(APPEND includes "${line}")
+    endforeach()
+    string(REGEX REPLACE "#include [^\n]*\n" "" block "${block}")
+    string(APPEND bodies "namespace readme_snippet_${index} {\n${block}}  // namespace readme_snippet_${index}\n\n")
+  endforeach()
+  set(content "// Generated from ${markdown}: edit the README, not this file.\n#pragma once\n\n${includes}\n${bodies}")
+  string(REPLACE "@SEMICOLON@" ";" content "${content}")
+  file(CONFIGURE OUTPUT "${output}" CONTENT "${content}" @ONLY)
+endfunction()

@@ -1,0 +1,12 @@
+#pragma once
+
+/// @file
+/// The library version: the one source CMake reads (`project(... VERSION ...)`).
+
+#define COROPOOL_VERSION_MAJOR 0
+#define COROPOOL_VERSION_MINOR 1
+#define COROPOOL_VERSION_PATCH 0
+
+/// The version as one number: major * 10000 + minor * 100 + patch.
+#define COROPOOL_VERSION \
+  (COROPOOL_VERSION_MAJOR * 10000 + COROPOOL_VERSION_MINOR * 100 + COROPOOL_VERSION_PATCH)
