@@ -94,7 +94,7 @@ public:
   template <bool WithCause, class Handler>
   void start_wait(Handler&& handler, std::string key, clock::duration timeout) {
     using op_type = waiter_op<std::decay_t<Handler>, WithCause>;
-    auto op = std::make_shared<op_type>(strand_, std::forward<Handler>(handler), executor_);
+    auto op = std::make_shared<op_type>(executor_, std::forward<Handler>(handler));
     auto slot = asio::get_associated_cancellation_slot(op->handler());
     if (slot.is_connected()) {
       // A cancellation may be emitted from any thread: it only posts to the strand.
@@ -150,10 +150,12 @@ private:
     w->position = k.waiters.insert(k.waiters.end(), w);
     w->timer.expires_after(timeout);
     w->timer.async_wait([self = shared_from_this(), w](error_code ec) {
-      if (!ec && !w->done) {
+      if (ec) return;  // disarmed: the waiter was finished on the strand
+      asio::dispatch(self->strand_, [self, w] {
+        if (w->done) return;
         self->log_->debug("coropool: wait for key '{}' timed out", w->key->name);
         self->finish(*w, errc::spawn_timeout);
-      }
+      });
     });
     ensure_spawning(k);
   }

@@ -52,11 +52,13 @@ private:
 };
 
 /// A caller parked in wait_for_workers: its deadline timer and, in the
-/// derived waiter_op, its completion handler. Touched only on the pool's strand,
-/// except construction and the cancellation hook.
+/// derived waiter_op, its completion handler. Touched only on the pool's
+/// strand, except construction and the cancellation hook. The timer runs on
+/// the pool's plain executor: a disarmed timer's handler only drops its
+/// reference, without a trip through the strand.
 class waiter {
 public:
-  explicit waiter(const strand_type& strand) : timer(strand) {}
+  explicit waiter(const executor& ex) : timer(ex) {}
   waiter(const waiter&) = delete;
   waiter& operator=(const waiter&) = delete;
   virtual ~waiter() = default;
@@ -73,9 +75,9 @@ public:
 template <class Handler, bool WithCause>
 class waiter_op final : public waiter {
 public:
-  waiter_op(const strand_type& strand, Handler&& handler, const executor& fallback)
-      : waiter(strand),
-        work_(make_handler_work(handler, fallback)),
+  waiter_op(const executor& ex, Handler&& handler)
+      : waiter(ex),
+        work_(make_handler_work(handler, ex)),
         handler_(std::move(handler)) {}
 
   Handler& handler() noexcept { return handler_; }

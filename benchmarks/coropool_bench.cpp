@@ -1,0 +1,247 @@
+// coropool_bench: workloads measured as JSON lines, one object per row.
+//
+//   coropool_bench [workload...]     no argument runs them all
+//   COROPOOL_BENCH_THREADS=N         io threads per row (default 2)
+//
+// cold_start_wake  callers arrive over 100 ms at a cold key whose load takes
+//                  200 ms; latency = each caller's resume time minus the
+//                  instant the load ended.
+// starvation       a 1 ms heartbeat timer's lag while 1,000 callers wait.
+// idle_wait_cpu    CPU seconds the process uses while 10,000 callers wait 1 s.
+//
+// Each runs for impl "coropool" and for "poll50ms", the old system's fixed
+// loop: check has_workers, then sleep 50 ms on a timer.
+
+#include <coropool.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+// The io threads of every row: 2 (the target machine's cores) unless COROPOOL_BENCH_THREADS says otherwise.
+const int io_threads = [] {
+  const char* threads = std::getenv("COROPOOL_BENCH_THREADS");
+  return threads ? std::max(1, std::atoi(threads)) : 2;
+}();
+
+struct Model {};
+using BenchPool = coropool::Pool<int, int>;
+
+coropool::PoolConfig quiet_config() {
+  coropool::PoolConfig config;
+  config.logger = std::make_shared<spdlog::logger>("bench", std::make_shared<spdlog::sinks::null_sink_mt>());
+  return config;
+}
+
+/// A loader that takes `duration` and stamps the moment the first load ended.
+auto timed_loader(clock_type::duration duration, std::atomic<clock_type::rep>* loaded_at) {
+  return [duration, loaded_at](const std::string&) -> asio::awaitable<Model> {
+    asio::steady_timer timer(co_await asio::this_coro::executor, duration);
+    co_await timer.async_wait(asio::use_awaitable);
+    clock_type::rep none = 0;
+    if (loaded_at) loaded_at->compare_exchange_strong(none, clock_type::now().time_since_epoch().count());
+    co_return Model{};
+  };
+}
+
+auto no_handler() {
+  return [](Model&, int x) -> asio::awaitable<int> { co_return x; };
+}
+
+/// The old system's wait: check, then sleep 50 ms on a timer. Its spawn is
+/// started once per row by start_spawn().
+asio::awaitable<void> poll_wait(BenchPool& pool, std::string key) {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  while (!pool.has_workers(key)) {
+    timer.expires_after(50ms);
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+}
+
+asio::awaitable<void> wait(bool polling, BenchPool& pool, std::string key) {
+  if (polling) {
+    co_await poll_wait(pool, key);
+  } else {
+    co_await pool.wait_for_workers(key, 60s);
+  }
+}
+
+/// Waits as `wait` does; the last of `remaining` callers shuts the pool down.
+asio::awaitable<void> wait_then_shut_down(bool polling, BenchPool& pool, std::atomic<int>& remaining) {
+  co_await wait(polling, pool, "model");
+  if (--remaining == 0) co_await pool.async_shutdown(0s, asio::use_awaitable);
+}
+
+void start_spawn(bool polling, BenchPool& pool) {
+  if (polling) pool.async_wait_for_workers("model", 60s, asio::detached);
+}
+
+void run_threads(asio::io_context& ioc) {
+  std::vector<std::thread> threads;
+  for (int i = 1; i < io_threads; ++i) threads.emplace_back([&] { ioc.run(); });
+  ioc.run();
+  for (auto& t : threads) t.join();
+}
+
+struct Percentiles {
+  double p50, p99, max;
+};
+
+Percentiles percentiles(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  auto at = [&](double q) { return values[static_cast<std::size_t>(q * static_cast<double>(values.size() - 1))]; };
+  return {at(0.50), at(0.99), values.back()};
+}
+
+const char* impl_name(bool polling) { return polling ? "poll50ms" : "coropool"; }
+
+double cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+void cold_start_wake() {
+  for (bool polling : {false, true}) {
+    // The first row runs once untimed: it pays the first-touch page faults.
+    for (int waiters : {-100, 1, 100, 10'000}) {
+      const bool warm_up = waiters < 0;
+      waiters = std::abs(waiters);
+      asio::io_context ioc(io_threads);
+      std::atomic<clock_type::rep> loaded_at{0};
+      BenchPool pool(ioc, quiet_config(), timed_loader(200ms, &loaded_at), no_handler());
+      std::vector<clock_type::time_point> resumed(static_cast<std::size_t>(waiters));  // one slot per caller: no lock
+      std::mt19937 random(42);
+      std::uniform_int_distribution<int> arrival_us(0, 99'999);
+      std::atomic<int> remaining{waiters};
+      start_spawn(polling, pool);
+      for (int i = 0; i < waiters; ++i) {
+        const auto arrival = std::chrono::microseconds(waiters == 1 ? 0 : arrival_us(random));
+        asio::co_spawn(ioc, [&, arrival, i]() -> asio::awaitable<void> {
+          asio::steady_timer arrive(co_await asio::this_coro::executor, arrival);
+          co_await arrive.async_wait(asio::use_awaitable);
+          co_await wait(polling, pool, "model");
+          resumed[static_cast<std::size_t>(i)] = clock_type::now();
+          if (--remaining == 0) co_await pool.async_shutdown(1s, asio::use_awaitable);
+        }, asio::detached);
+      }
+      run_threads(ioc);
+      const clock_type::time_point end{clock_type::duration(loaded_at.load())};
+      std::vector<double> latency_us;
+      for (auto t : resumed) latency_us.push_back(std::chrono::duration<double, std::micro>(t - end).count());
+      if (warm_up) continue;
+      const auto p = percentiles(latency_us);
+      std::printf(
+          "{\"bench\":\"cold_start_wake\",\"impl\":\"%s\",\"threads\":%d,\"params\":{\"waiters\":%d,\"load_ms\":200,"
+          "\"arrivals_ms\":100},\"p50_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f}\n",
+          impl_name(polling), io_threads, waiters, p.p50, p.p99, p.max);
+      std::fflush(stdout);
+    }
+  }
+}
+
+void starvation() {
+  constexpr int waiters = 1000;
+  constexpr auto period = 1ms;
+  constexpr int beats = 1000;
+  for (bool polling : {false, true}) {
+    asio::io_context ioc(io_threads);
+    BenchPool pool(ioc, quiet_config(), timed_loader(beats * period + 200ms, nullptr), no_handler());
+    std::atomic<int> remaining{waiters};
+    start_spawn(polling, pool);
+    for (int i = 0; i < waiters; ++i) {
+      asio::co_spawn(ioc, wait_then_shut_down(polling, pool, remaining), asio::detached);
+    }
+    std::vector<double> lag_us;
+    asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+      asio::steady_timer heartbeat(co_await asio::this_coro::executor);
+      auto next = clock_type::now();
+      for (int i = 0; i < beats; ++i) {
+        next += period;
+        heartbeat.expires_at(next);
+        co_await heartbeat.async_wait(asio::use_awaitable);
+        lag_us.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - next).count());
+      }
+    }, asio::detached);
+    run_threads(ioc);
+    const auto p = percentiles(lag_us);
+    std::printf(
+        "{\"bench\":\"starvation\",\"impl\":\"%s\",\"threads\":%d,\"params\":{\"waiters\":%d,\"heartbeat_ms\":1,"
+        "\"beats\":%d},\"p50_lag_us\":%.1f,\"p99_lag_us\":%.1f,\"max_lag_us\":%.1f}\n",
+        impl_name(polling), io_threads, waiters, beats, p.p50, p.p99, p.max);
+    std::fflush(stdout);
+  }
+}
+
+void idle_wait_cpu() {
+  constexpr int waiters = 10'000;
+  for (bool polling : {false, true}) {
+    asio::io_context ioc(io_threads);
+    BenchPool pool(ioc, quiet_config(), timed_loader(1500ms, nullptr), no_handler());
+    std::atomic<int> remaining{waiters};
+    start_spawn(polling, pool);
+    for (int i = 0; i < waiters; ++i) {
+      asio::co_spawn(ioc, wait_then_shut_down(polling, pool, remaining), asio::detached);
+    }
+    double cpu = 0;
+    asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+      // Let every caller park first, then measure one idle second.
+      asio::steady_timer timer(co_await asio::this_coro::executor, 250ms);
+      co_await timer.async_wait(asio::use_awaitable);
+      const double before = cpu_seconds();
+      timer.expires_after(1s);
+      co_await timer.async_wait(asio::use_awaitable);
+      cpu = cpu_seconds() - before;
+    }, asio::detached);
+    run_threads(ioc);
+    std::printf(
+        "{\"bench\":\"idle_wait_cpu\",\"impl\":\"%s\",\"threads\":%d,\"params\":{\"waiters\":%d,\"seconds\":1},"
+        "\"cpu_s\":%.4f}\n",
+        impl_name(polling), io_threads, waiters, cpu);
+    std::fflush(stdout);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char* argv[]) {
+  const std::map<std::string, std::function<void()>> workloads{
+      {"cold_start_wake", cold_start_wake}, {"starvation", starvation}, {"idle_wait_cpu", idle_wait_cpu}};
+  std::vector<std::string> chosen(argv + 1, argv + argc);
+  if (chosen.empty()) {
+    for (const auto& [name, run] : workloads) chosen.push_back(name);
+  }
+  for (const auto& name : chosen) {
+    auto it = workloads.find(name);
+    if (it == workloads.end()) {
+      std::fprintf(stderr, "coropool_bench: unknown workload '%s'\n", name.c_str());
+      return 2;
+    }
+    it->second();
+  }
+  return 0;
+}
