@@ -24,10 +24,10 @@
 #include <sys/resource.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <random>
@@ -121,7 +121,9 @@ const char* impl_name(bool polling) { return polling ? "poll50ms" : "coropool"; 
 double cpu_seconds() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
-  auto seconds = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
+  auto seconds = [](const timeval& tv) {
+    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
+  };
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
@@ -141,13 +143,16 @@ void cold_start_wake() {
       start_spawn(polling, pool);
       for (int i = 0; i < waiters; ++i) {
         const auto arrival = std::chrono::microseconds(waiters == 1 ? 0 : arrival_us(random));
-        asio::co_spawn(ioc, [&, arrival, i]() -> asio::awaitable<void> {
-          asio::steady_timer arrive(co_await asio::this_coro::executor, arrival);
-          co_await arrive.async_wait(asio::use_awaitable);
-          co_await wait(polling, pool, "model");
-          resumed[static_cast<std::size_t>(i)] = clock_type::now();
-          if (--remaining == 0) co_await pool.async_shutdown(1s, asio::use_awaitable);
-        }, asio::detached);
+        asio::co_spawn(
+            ioc,
+            [&, arrival, i]() -> asio::awaitable<void> {
+              asio::steady_timer arrive(co_await asio::this_coro::executor, arrival);
+              co_await arrive.async_wait(asio::use_awaitable);
+              co_await wait(polling, pool, "model");
+              resumed[static_cast<std::size_t>(i)] = clock_type::now();
+              if (--remaining == 0) co_await pool.async_shutdown(1s, asio::use_awaitable);
+            },
+            asio::detached);
       }
       run_threads(ioc);
       const clock_type::time_point end{clock_type::duration(loaded_at.load())};
@@ -177,16 +182,19 @@ void starvation() {
       asio::co_spawn(ioc, wait_then_shut_down(polling, pool, remaining), asio::detached);
     }
     std::vector<double> lag_us;
-    asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-      asio::steady_timer heartbeat(co_await asio::this_coro::executor);
-      auto next = clock_type::now();
-      for (int i = 0; i < beats; ++i) {
-        next += period;
-        heartbeat.expires_at(next);
-        co_await heartbeat.async_wait(asio::use_awaitable);
-        lag_us.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - next).count());
-      }
-    }, asio::detached);
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+          asio::steady_timer heartbeat(co_await asio::this_coro::executor);
+          auto next = clock_type::now();
+          for (int i = 0; i < beats; ++i) {
+            next += period;
+            heartbeat.expires_at(next);
+            co_await heartbeat.async_wait(asio::use_awaitable);
+            lag_us.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - next).count());
+          }
+        },
+        asio::detached);
     run_threads(ioc);
     const auto p = percentiles(lag_us);
     std::printf(
@@ -208,15 +216,18 @@ void idle_wait_cpu() {
       asio::co_spawn(ioc, wait_then_shut_down(polling, pool, remaining), asio::detached);
     }
     double cpu = 0;
-    asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-      // Let every caller park first, then measure one idle second.
-      asio::steady_timer timer(co_await asio::this_coro::executor, 250ms);
-      co_await timer.async_wait(asio::use_awaitable);
-      const double before = cpu_seconds();
-      timer.expires_after(1s);
-      co_await timer.async_wait(asio::use_awaitable);
-      cpu = cpu_seconds() - before;
-    }, asio::detached);
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+          // Let every caller park first, then measure one idle second.
+          asio::steady_timer timer(co_await asio::this_coro::executor, 250ms);
+          co_await timer.async_wait(asio::use_awaitable);
+          const double before = cpu_seconds();
+          timer.expires_after(1s);
+          co_await timer.async_wait(asio::use_awaitable);
+          cpu = cpu_seconds() - before;
+        },
+        asio::detached);
     run_threads(ioc);
     std::printf(
         "{\"bench\":\"idle_wait_cpu\",\"impl\":\"%s\",\"threads\":%d,\"params\":{\"waiters\":%d,\"seconds\":1},"

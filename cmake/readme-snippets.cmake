@@ -1,12 +1,19 @@
 # Writes every ```cpp block of a Markdown file into one header: its #include
 # lines first, each block's body in a namespace of its own (readme_snippet_1,
 # readme_snippet_2, ...), so that a test can compile them all and call into them.
+# A block may hold no backtick.
 function(coropool_extract_readme_snippets markdown output)
   set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${markdown}")
   file(READ "${markdown}" text)
   # CMake lists split on ';', which C++ is full of: hide them while splitting.
   string(REPLACE ";" "@SEMICOLON@" text "${text}")
   string(REGEX MATCHALL "```cpp\n[^`]*```" blocks "${text}")
+  string(REGEX MATCHALL "```cpp\n" openings "${text}")
+  list(LENGTH blocks extracted)
+  list(LENGTH openings expected)
+  if(NOT extracted EQUAL expected)
+    message(FATAL_ERROR "${markdown}: ${expected} C++ blocks but ${extracted} extracted (no backtick may stand inside one)")
+  endif()
   set(includes "")
   set(bodies "")
   set(index 0)

@@ -38,39 +38,49 @@ int main() {
         if (key == "broken") throw std::runtime_error("weights for 'broken' fail their checksum");
         co_return Model{key};
       },
-      [](Model& model, std::string request) -> asio::awaitable<std::string> {
-        co_return model.name + ": " + request;
-      }};
+      [](Model& model, std::string request) -> asio::awaitable<std::string> { co_return model.name + ": " + request; }};
 
   std::atomic<int> ready{0};
   for (int i = 0; i < 1000; ++i) {
-    asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-      co_await pool.wait_for_workers("bert", 5s);
-      ++ready;
-    }, asio::detached);
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+          co_await pool.wait_for_workers("bert", 5s);
+          ++ready;
+        },
+        asio::detached);
   }
 
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-    try {
-      co_await pool.wait_for_workers("broken", 5s);
-    } catch (const coropool::spawn_error& e) {
-      std::cout << "broken: " << e.code().message() << " (" << e.what() << ")\n";
-    }
-  }, asio::detached);
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        try {
+          co_await pool.wait_for_workers("broken", 5s);
+        } catch (const coropool::spawn_error& e) {
+          std::cout << "broken: " << e.code().message() << " (" << e.what() << ")\n";
+        }
+      },
+      asio::detached);
 
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-    auto [ec] = co_await pool.async_wait_for_workers("gpt", 50ms, asio::as_tuple(asio::use_awaitable));
-    std::cout << "gpt with a 50 ms deadline: " << ec.message() << "\n";
-  }, asio::detached);
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        auto [ec] = co_await pool.async_wait_for_workers("gpt", 50ms, asio::as_tuple(asio::use_awaitable));
+        std::cout << "gpt with a 50 ms deadline: " << ec.message() << "\n";
+      },
+      asio::detached);
 
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-    asio::steady_timer settle(co_await asio::this_coro::executor, 1s);
-    co_await settle.async_wait(asio::use_awaitable);
-    std::cout << "bert: " << ready << " callers woken, " << pool.worker_count("bert") << " workers ready, "
-              << loads << " loads in all (bert 2, broken 2, gpt 2)\n";
-    co_await pool.async_shutdown(5s, asio::use_awaitable);
-    std::cout << "shut down\n";
-  }, asio::detached);
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        asio::steady_timer settle(co_await asio::this_coro::executor, 1s);
+        co_await settle.async_wait(asio::use_awaitable);
+        std::cout << "bert: " << ready << " callers woken, " << pool.worker_count("bert") << " workers ready, " << loads
+                  << " loads in all (bert 2, broken 2, gpt 2)\n";
+        co_await pool.async_shutdown(5s, asio::use_awaitable);
+        std::cout << "shut down\n";
+      },
+      asio::detached);
 
   std::thread second([&] { ioc.run(); });
   ioc.run();

@@ -9,7 +9,8 @@
 namespace coropool::test {
 
 PoolConfig quiet_config() {
-  static const auto logger = std::make_shared<spdlog::logger>("coropool-test", std::make_shared<spdlog::sinks::null_sink_mt>());
+  static const auto logger =
+      std::make_shared<spdlog::logger>("coropool-test", std::make_shared<spdlog::sinks::null_sink_mt>());
   PoolConfig config;
   config.logger = logger;
   return config;

@@ -67,10 +67,13 @@ TEST_CASE("a cold key is spawned once for all its waiters", "[pool]") {
   tally.start(ioc.get_executor(), pool, "bert", 100);
   asio::co_spawn(ioc, shutdown_when(pool, tally, 100), asio::detached);
   bool workers_seen = false;
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-    co_await pool.wait_for_workers("bert");
-    workers_seen = pool.has_workers("bert") && pool.worker_count("bert") >= 1;
-  }, asio::detached);
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        co_await pool.wait_for_workers("bert");
+        workers_seen = pool.has_workers("bert") && pool.worker_count("bert") >= 1;
+      },
+      asio::detached);
   REQUIRE(run_until_idle(ioc, 1));
 
   CHECK(tally.ok == 100);
@@ -130,20 +133,23 @@ TEST_CASE("a failed load fails every waiter at once, with its cause", "[pool]") 
   const auto started = std::chrono::steady_clock::now();
   int failures_with_cause = 0;
   for (int i = 0; i < 50; ++i) {
-    asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-      try {
-        co_await pool.wait_for_workers("gpt", 1h);
-      } catch (const spawn_error& e) {
-        const bool has_message = std::string(e.what()).find("model file for 'gpt' is corrupt") != std::string::npos;
-        bool cause_kept = false;
-        try {
-          std::rethrow_exception(e.cause());
-        } catch (const std::runtime_error& cause) {
-          cause_kept = std::string(cause.what()) == "model file for 'gpt' is corrupt";
-        }
-        if (has_message && cause_kept && e.code() == errc::spawn_failed) ++failures_with_cause;
-      }
-    }, asio::detached);
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+          try {
+            co_await pool.wait_for_workers("gpt", 1h);
+          } catch (const spawn_error& e) {
+            const bool has_message = std::string(e.what()).find("model file for 'gpt' is corrupt") != std::string::npos;
+            bool cause_kept = false;
+            try {
+              std::rethrow_exception(e.cause());
+            } catch (const std::runtime_error& cause) {
+              cause_kept = std::string(cause.what()) == "model file for 'gpt' is corrupt";
+            }
+            if (has_message && cause_kept && e.code() == errc::spawn_failed) ++failures_with_cause;
+          }
+        },
+        asio::detached);
   }
   boost::system::error_code callback_error;
   pool.async_wait_for_workers("gpt", 1h, [&](boost::system::error_code ec) { callback_error = ec; });
@@ -157,11 +163,14 @@ TEST_CASE("a failed load fails every waiter at once, with its cause", "[pool]") 
     script->fail = false;
     ioc.restart();
     bool ready = false;
-    asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-      co_await pool.wait_for_workers("gpt", 10s);
-      ready = pool.has_workers("gpt");
-      co_await pool.async_shutdown(1s, asio::use_awaitable);
-    }, asio::detached);
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+          co_await pool.wait_for_workers("gpt", 10s);
+          ready = pool.has_workers("gpt");
+          co_await pool.async_shutdown(1s, asio::use_awaitable);
+        },
+        asio::detached);
     REQUIRE(run_until_idle(ioc, 1));
     CHECK(ready);
     CHECK(script->started == 4);
@@ -190,14 +199,17 @@ TEST_CASE("a waiter's deadline ends only that waiter", "[pool]") {
     ioc.restart();
     IntPool slow(ioc, quiet_config(), scripted_loader(script), echo_handler());
     boost::system::error_code thrown;
-    asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-      try {
-        co_await slow.wait_for_workers("t5", 1ms);
-      } catch (const boost::system::system_error& e) {
-        thrown = e.code();
-      }
-      co_await slow.async_shutdown(0s, asio::use_awaitable);
-    }, asio::detached);
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+          try {
+            co_await slow.wait_for_workers("t5", 1ms);
+          } catch (const boost::system::system_error& e) {
+            thrown = e.code();
+          }
+          co_await slow.async_shutdown(0s, asio::use_awaitable);
+        },
+        asio::detached);
     REQUIRE(run_until_idle(ioc, 1));
     CHECK(thrown == errc::spawn_timeout);
   }
@@ -212,24 +224,26 @@ TEST_CASE("cancelling one waiter leaves the wave to the others", "[pool]") {
   asio::cancellation_signal signal;
   boost::system::error_code cancelled_one;
   std::vector<boost::system::error_code> others(10, asio::error::would_block);
-  pool.async_wait_for_workers("k", 10s, asio::bind_cancellation_slot(signal.slot(), [&](boost::system::error_code ec) {
-    cancelled_one = ec;
-  }));
+  pool.async_wait_for_workers(
+      "k", 10s, asio::bind_cancellation_slot(signal.slot(), [&](boost::system::error_code ec) { cancelled_one = ec; }));
   for (auto& e : others) pool.async_wait_for_workers("k", 10s, [&e](boost::system::error_code ec) { e = ec; });
 
   bool operators_cancelled = false;
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-    using namespace asio::experimental::awaitable_operators;
-    asio::steady_timer first(co_await asio::this_coro::executor, 5ms);
-    signal.emit(asio::cancellation_type::terminal);
-    // The timer wins the race; the pool's wait is cancelled through the operator's slot.
-    auto result = co_await (pool.async_wait_for_workers("k", 10s, asio::use_awaitable) ||
-                            first.async_wait(asio::use_awaitable));
-    operators_cancelled = result.index() == 1;
-    asio::steady_timer later(co_await asio::this_coro::executor, 200ms);
-    co_await later.async_wait(asio::use_awaitable);
-    co_await pool.async_shutdown(1s, asio::use_awaitable);
-  }, asio::detached);
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        using namespace asio::experimental::awaitable_operators;
+        asio::steady_timer first(co_await asio::this_coro::executor, 5ms);
+        signal.emit(asio::cancellation_type::terminal);
+        // The timer wins the race; the pool's wait is cancelled through the operator's slot.
+        auto result = co_await (pool.async_wait_for_workers("k", 10s, asio::use_awaitable) ||
+                                first.async_wait(asio::use_awaitable));
+        operators_cancelled = result.index() == 1;
+        asio::steady_timer later(co_await asio::this_coro::executor, 200ms);
+        co_await later.async_wait(asio::use_awaitable);
+        co_await pool.async_shutdown(1s, asio::use_awaitable);
+      },
+      asio::detached);
   REQUIRE(run_until_idle(ioc, 1));
 
   CHECK(cancelled_one == asio::error::operation_aborted);
@@ -270,14 +284,17 @@ TEST_CASE("shutdown fails waiters, refuses new ones and cancels loads", "[pool]"
   for (auto& e : pending) pool.async_wait_for_workers("k", 1h, [&e](boost::system::error_code ec) { e = ec; });
   boost::system::error_code shutdown_result = asio::error::would_block, after_shutdown;
   bool second_shutdown = false;
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-    asio::steady_timer timer(co_await asio::this_coro::executor, 10ms);
-    co_await timer.async_wait(asio::use_awaitable);
-    pool.async_shutdown(50ms, [&](boost::system::error_code ec) { shutdown_result = ec; });
-    pool.async_wait_for_workers("k", 1h, [&](boost::system::error_code ec) { after_shutdown = ec; });
-    co_await pool.async_shutdown(0s, asio::use_awaitable);
-    second_shutdown = true;
-  }, asio::detached);
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        asio::steady_timer timer(co_await asio::this_coro::executor, 10ms);
+        co_await timer.async_wait(asio::use_awaitable);
+        pool.async_shutdown(50ms, [&](boost::system::error_code ec) { shutdown_result = ec; });
+        pool.async_wait_for_workers("k", 1h, [&](boost::system::error_code ec) { after_shutdown = ec; });
+        co_await pool.async_shutdown(0s, asio::use_awaitable);
+        second_shutdown = true;
+      },
+      asio::detached);
   REQUIRE(run_until_idle(ioc, 1));  // returns only when no coroutine of the pool is left
 
   for (auto& e : pending) CHECK(e == errc::shutting_down);
@@ -352,15 +369,18 @@ TEST_CASE("waiting blocks no thread", "[pool]") {
   WaiterTally tally;
   tally.start(ioc.get_executor(), pool, "k", 1000);
   int ticks = 0;
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-    asio::steady_timer tick(co_await asio::this_coro::executor);
-    for (; ticks < 20; ++ticks) {
-      tick.expires_after(1ms);
-      co_await tick.async_wait(asio::use_awaitable);
-    }
-    CHECK(tally.ok == 0);  // still waiting, and we ran anyway
-    release->cancel();
-  }, asio::detached);
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        asio::steady_timer tick(co_await asio::this_coro::executor);
+        for (; ticks < 20; ++ticks) {
+          tick.expires_after(1ms);
+          co_await tick.async_wait(asio::use_awaitable);
+        }
+        CHECK(tally.ok == 0);  // still waiting, and we ran anyway
+        release->cancel();
+      },
+      asio::detached);
   asio::co_spawn(ioc, shutdown_when(pool, tally, 1000), asio::detached);
   REQUIRE(run_until_idle(ioc, 1, 20s));
   CHECK(ticks == 20);
@@ -377,16 +397,19 @@ TEST_CASE("completion tokens and executors", "[pool]") {
     bool tuple_ok = false, deferred_ok = false, on_strand = false;
     auto strand = asio::make_strand(ioc);
     pool.async_wait_for_workers("k", 1s, asio::bind_executor(strand, [&](boost::system::error_code) {
-      on_strand = strand.running_in_this_thread();
-    }));
-    asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-      auto [ec] = co_await pool.async_wait_for_workers("k", 1s, asio::as_tuple(asio::use_awaitable));
-      tuple_ok = !ec;
-      auto op = pool.async_wait_for_workers("k", 1s, asio::deferred);
-      co_await std::move(op)(asio::use_awaitable);
-      deferred_ok = true;
-      co_await pool.async_shutdown(1s, asio::use_awaitable);
-    }, asio::detached);
+                                  on_strand = strand.running_in_this_thread();
+                                }));
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+          auto [ec] = co_await pool.async_wait_for_workers("k", 1s, asio::as_tuple(asio::use_awaitable));
+          tuple_ok = !ec;
+          auto op = pool.async_wait_for_workers("k", 1s, asio::deferred);
+          co_await std::move(op)(asio::use_awaitable);
+          deferred_ok = true;
+          co_await pool.async_shutdown(1s, asio::use_awaitable);
+        },
+        asio::detached);
     REQUIRE(run_until_idle(ioc, 1));
     CHECK(tuple_ok);
     CHECK(deferred_ok);

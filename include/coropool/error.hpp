@@ -33,7 +33,7 @@ enum class errc {
 namespace detail {
 
 class error_category final : public boost::system::error_category {
-public:
+ public:
   // A fixed id lets categories from different shared objects compare equal.
   constexpr error_category() noexcept : boost::system::error_category(0xC0C0'0001'7E57'0001ULL) {}
 
@@ -41,15 +41,24 @@ public:
 
   std::string message(int ev) const override {
     switch (static_cast<errc>(ev)) {
-      case errc::invalid_argument: return "invalid argument";
-      case errc::spawn_failed: return "spawning workers failed";
-      case errc::spawn_timeout: return "timed out waiting for workers";
-      case errc::request_timeout: return "request timed out";
-      case errc::queue_full: return "request queue is full";
-      case errc::circuit_open: return "circuit breaker is open";
-      case errc::memory_exhausted: return "memory budget exhausted";
-      case errc::worker_lost: return "worker lost";
-      case errc::shutting_down: return "pool is shutting down";
+      case errc::invalid_argument:
+        return "invalid argument";
+      case errc::spawn_failed:
+        return "spawning workers failed";
+      case errc::spawn_timeout:
+        return "timed out waiting for workers";
+      case errc::request_timeout:
+        return "request timed out";
+      case errc::queue_full:
+        return "request queue is full";
+      case errc::circuit_open:
+        return "circuit breaker is open";
+      case errc::memory_exhausted:
+        return "memory budget exhausted";
+      case errc::worker_lost:
+        return "worker lost";
+      case errc::shutting_down:
+        return "pool is shutting down";
     }
     return "unknown coropool error";
   }
@@ -64,18 +73,15 @@ inline const boost::system::error_category& error_category() noexcept {
 }
 
 /// Makes an `error_code` of `coropool::error_category()`.
-inline boost::system::error_code make_error_code(errc e) noexcept {
-  return {static_cast<int>(e), error_category()};
-}
+inline boost::system::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
 
 /// Thrown by the awaitable conveniences when a spawn wave failed: a
 /// `system_error` with `errc::spawn_failed` whose `what()` names the key and
 /// the loader's message, and whose `cause()` is the loader's own exception.
 class spawn_error : public boost::system::system_error {
-public:
+ public:
   spawn_error(const std::string& key, std::exception_ptr cause)
-      : boost::system::system_error(make_error_code(errc::spawn_failed),
-                                    "key '" + key + "': " + describe(cause)),
+      : boost::system::system_error(make_error_code(errc::spawn_failed), "key '" + key + "': " + describe(cause)),
         cause_(std::move(cause)) {}
 
   /// The exception the loader threw.
@@ -93,7 +99,7 @@ public:
     }
   }
 
-private:
+ private:
   std::exception_ptr cause_;
 };
 

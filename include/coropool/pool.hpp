@@ -62,7 +62,7 @@ struct awaitable_value<asio::awaitable<T, Executor>> {
 /// @endcode
 template <class Request, class Response>
 class Pool {
-public:
+ public:
   /// The executor the pool's workers and timers run on.
   using executor_type = asio::any_io_executor;
 
@@ -81,15 +81,17 @@ public:
   /// @throws boost::system::system_error with `errc::invalid_argument` when
   /// `config` is out of range (no cold-start workers, a non-positive timeout).
   template <class Executor, class Load, class Handle>
-    requires asio::execution::executor<Executor> || asio::is_executor<Executor>::value
-  Pool(const Executor& ex, PoolConfig config, Load load, Handle handle)
+  requires asio::execution::executor<Executor> || asio::is_executor<Executor>::value Pool(const Executor& ex,
+                                                                                          PoolConfig config, Load load,
+                                                                                          Handle handle)
       : core_(std::make_shared<detail::pool_core>(executor_type(ex), std::move(config),
                                                   make_worker_body(std::move(load), std::move(handle)))) {}
 
   /// Constructs a pool on an execution context's executor (an `io_context`, a `thread_pool`).
   template <class ExecutionContext, class Load, class Handle>
-    requires std::is_convertible_v<ExecutionContext&, asio::execution_context&>
-  Pool(ExecutionContext& context, PoolConfig config, Load load, Handle handle)
+  requires std::is_convertible_v<ExecutionContext&, asio::execution_context&> Pool(ExecutionContext& context,
+                                                                                   PoolConfig config, Load load,
+                                                                                   Handle handle)
       : Pool(context.get_executor(), std::move(config), std::move(load), std::move(handle)) {}
 
   Pool(const Pool&) = delete;
@@ -194,11 +196,11 @@ public:
   auto async_shutdown(clock::duration deadline,
                       CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
     return asio::async_initiate<CompletionToken, void(error_code)>(
-        [core = core_.get()](auto handler, clock::duration d) { core->start_shutdown_op(d, std::move(handler)); }, token,
-        deadline);
+        [core = core_.get()](auto handler, clock::duration d) { core->start_shutdown_op(d, std::move(handler)); },
+        token, deadline);
   }
 
-private:
+ private:
   // Initiations capture a raw pointer to the core, as Asio's own capture their
   // I/O object: GCC 12 can destroy a temporary of a co_await expression twice,
   // which is harmless only for trivially destructible initiations.
@@ -211,7 +213,7 @@ private:
     static_assert(std::is_invocable_r_v<asio::awaitable<Response>, Handle&, Model&, Request>,
                   "handle must be callable as handle(Model&, Request) -> asio::awaitable<Response>");
     return [load = std::move(load), handle = std::move(handle)](std::shared_ptr<detail::pool_core> core,
-                                                                 std::shared_ptr<detail::worker_record> w) {
+                                                                std::shared_ptr<detail::worker_record> w) {
       return run_worker<Model>(load, std::move(core), std::move(w));
     };
   }
@@ -221,7 +223,7 @@ private:
   static asio::awaitable<void> run_worker(Load& load, std::shared_ptr<detail::pool_core> core,
                                           std::shared_ptr<detail::worker_record> w) {
     if (w->stop_requested.load(std::memory_order_acquire)) co_return;
-    Model model = co_await load(w->key->name);
+    [[maybe_unused]] Model model = co_await load(w->key->name);  // owned until the worker ends
     core->worker_loaded(w);
     if (w->stop_requested.load(std::memory_order_acquire)) co_return;
     // Serving arrives with the request path; until then a ready worker holds its

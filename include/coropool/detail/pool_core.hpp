@@ -63,10 +63,9 @@ struct key_state : std::enable_shared_from_this<key_state> {
 /// The shared state of a Pool. Its coroutines and handlers hold it by
 /// shared_ptr, so it outlives the Pool object until the last of them is done.
 class pool_core : public std::enable_shared_from_this<pool_core> {
-public:
+ public:
   /// The coroutine one worker runs: load the model, report it, serve until stopped.
-  using worker_body =
-      std::function<asio::awaitable<void>(std::shared_ptr<pool_core>, std::shared_ptr<worker_record>)>;
+  using worker_body = std::function<asio::awaitable<void>(std::shared_ptr<pool_core>, std::shared_ptr<worker_record>)>;
 
   pool_core(executor ex, PoolConfig config, worker_body body)
       : executor_(std::move(ex)),
@@ -76,8 +75,7 @@ public:
         body_(std::move(body)),
         shutdown_timer_(strand_) {
     if (config_.cold_start_workers == 0 || config_.spawn_timeout <= clock::duration::zero()) {
-      throw boost::system::system_error(make_error_code(errc::invalid_argument),
-                                        "coropool::PoolConfig");
+      throw boost::system::system_error(make_error_code(errc::invalid_argument), "coropool::PoolConfig");
     }
   }
 
@@ -130,7 +128,7 @@ public:
     asio::defer(strand_, [self = shared_from_this(), w = std::move(w)] { self->on_loaded(w); });
   }
 
-private:
+ private:
   // --- everything below runs on strand_ ---
 
   key_state& key_for(const std::string& name) {
@@ -200,13 +198,13 @@ private:
     k.workers.push_back(w);
     ++k.loading;
     ++live_workers_;
-    asio::co_spawn(w->strand, body_(shared_from_this(), w),
-                   asio::bind_cancellation_slot(
-                       w->stop_signal.slot(),
-                       asio::bind_executor(w->strand, [self = shared_from_this(), w](std::exception_ptr e) {
-                         w->finished = true;
-                         asio::defer(self->strand_, [self, w, e = std::move(e)] { self->on_exit(w, e); });
-                       })));
+    asio::co_spawn(
+        w->strand, body_(shared_from_this(), w),
+        asio::bind_cancellation_slot(
+            w->stop_signal.slot(), asio::bind_executor(w->strand, [self = shared_from_this(), w](std::exception_ptr e) {
+              w->finished = true;
+              asio::defer(self->strand_, [self, w, e = std::move(e)] { self->on_exit(w, e); });
+            })));
   }
 
   void on_loaded(const std::shared_ptr<worker_record>& w) {

@@ -30,7 +30,7 @@ void defer_completion(handler_work<Handler> work, Handler&& handler, Args&&... a
 /// A parked completion handler of signature `void(Args...)`, type-erased.
 template <class... Args>
 class completion {
-public:
+ public:
   completion() = default;
   completion(const completion&) = delete;
   completion& operator=(const completion&) = delete;
@@ -40,13 +40,13 @@ public:
 
 template <class Handler, class... Args>
 class completion_op final : public completion<Args...> {
-public:
+ public:
   completion_op(Handler&& handler, const executor& fallback)
       : work_(make_handler_work(handler, fallback)), handler_(std::move(handler)) {}
 
   void complete(Args... args) override { defer_completion(std::move(work_), std::move(handler_), std::move(args)...); }
 
-private:
+ private:
   handler_work<Handler> work_;
   Handler handler_;
 };
@@ -57,7 +57,7 @@ private:
 /// the pool's plain executor: a disarmed timer's handler only drops its
 /// reference, without a trip through the strand.
 class waiter {
-public:
+ public:
   explicit waiter(const executor& ex) : timer(ex) {}
   waiter(const waiter&) = delete;
   waiter& operator=(const waiter&) = delete;
@@ -74,11 +74,9 @@ public:
 
 template <class Handler, bool WithCause>
 class waiter_op final : public waiter {
-public:
+ public:
   waiter_op(const executor& ex, Handler&& handler)
-      : waiter(ex),
-        work_(make_handler_work(handler, ex)),
-        handler_(std::move(handler)) {}
+      : waiter(ex), work_(make_handler_work(handler, ex)), handler_(std::move(handler)) {}
 
   Handler& handler() noexcept { return handler_; }
 
@@ -90,7 +88,7 @@ public:
     }
   }
 
-private:
+ private:
   handler_work<Handler> work_;
   Handler handler_;
 };
