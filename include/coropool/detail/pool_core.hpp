@@ -174,13 +174,20 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     }
   }
 
+  /// Completes every waiter of a key: the end of its spawn wave, or shutdown.
   void finish_all(key_state& k, error_code ec, const std::exception_ptr& cause) {
-    auto waiters = std::exchange(k.waiters, {});
-    for (auto& w : waiters) {
+    wake_batcher batcher(ec, cause);
+    for (auto& w : std::exchange(k.waiters, {})) {
+      w->done = true;
       w->key = nullptr;  // off the list already
-      finish(*w, ec, cause);
-      w->timer.cancel();
+      if (w->batch_executor) {
+        batcher.add(std::move(w));
+      } else {
+        w->complete(ec, cause);
+        w->timer.cancel();
+      }
     }
+    std::move(batcher).submit();
   }
 
   /// Starts one spawn wave unless the key has workers or one is under way:
@@ -212,9 +219,9 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     --k.loading;
     w->ready = true;
     k.ready_workers.fetch_add(1, std::memory_order_release);
-    log_->info("coropool: key '{}' worker {} ready", k.name, w->id);
     if (stopping_) return request_stop(w);
-    finish_all(k, {}, nullptr);
+    finish_all(k, {}, nullptr);  // wake first, then log
+    log_->info("coropool: key '{}' worker {} ready", k.name, w->id);
   }
 
   void on_exit(const std::shared_ptr<worker_record>& w, const std::exception_ptr& e) {

@@ -2,10 +2,14 @@
 
 #include "coropool/detail/asio.hpp"
 
+#include <algorithm>
 #include <exception>
 #include <list>
 #include <memory>
+#include <optional>
+#include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace coropool::detail {
 
@@ -66,6 +70,13 @@ class waiter {
   /// Hands the result to the caller's executor (see defer_completion).
   virtual void complete(error_code ec, std::exception_ptr cause) = 0;
 
+  /// Calls the handler now; the caller runs on batch_executor already.
+  virtual void invoke(error_code ec, std::exception_ptr cause) = 0;
+
+  /// The handler's associated executor, where it converts to any_io_executor
+  /// (all of Asio's do): such waiters are woken in batches (see wake_batch).
+  std::optional<executor> batch_executor;
+
   timer_type timer;
   bool done = false;
   key_state* key = nullptr;
@@ -76,7 +87,11 @@ template <class Handler, bool WithCause>
 class waiter_op final : public waiter {
  public:
   waiter_op(const executor& ex, Handler&& handler)
-      : waiter(ex), work_(make_handler_work(handler, ex)), handler_(std::move(handler)) {}
+      : waiter(ex), work_(make_handler_work(handler, ex)), handler_(std::move(handler)) {
+    if constexpr (std::is_convertible_v<asio::associated_executor_t<Handler, executor>, executor>) {
+      batch_executor.emplace(work_.get_executor());
+    }
+  }
 
   Handler& handler() noexcept { return handler_; }
 
@@ -88,9 +103,87 @@ class waiter_op final : public waiter {
     }
   }
 
+  void invoke(error_code ec, std::exception_ptr cause) override {
+    auto work = std::move(work_);
+    auto handler = std::move(handler_);
+    if constexpr (WithCause) {
+      std::move(handler)(ec, std::move(cause));
+    } else {
+      std::move(handler)(ec);
+    }
+  }
+
  private:
   handler_work<Handler> work_;
   Handler handler_;
+};
+
+/// Waiters of one executor, woken together by one function submitted to that
+/// executor: a wave's thousand callers cost a few scheduler operations, not a
+/// thousand. Each waiter is finished (off its key's list) before it joins a
+/// batch, so the batch owns its timer and disarms it after the wake.
+struct wake_batch {
+  /// Large enough to amortise a submission, small enough that idle threads of
+  /// a multi-threaded executor share a big wave.
+  static constexpr std::size_t capacity = 64;
+
+  executor target;
+  std::vector<std::shared_ptr<waiter>> waiters;
+  error_code ec;
+  std::exception_ptr cause;
+
+  void operator()() {
+    for (auto& w : waiters) {
+      w->invoke(ec, cause);
+      w->timer.cancel();
+    }
+  }
+};
+
+/// Sorts finished waiters into wake batches by executor, then submits them.
+class wake_batcher {
+ public:
+  wake_batcher(error_code ec, std::exception_ptr cause) : ec_(ec), cause_(std::move(cause)) {}
+
+  void add(std::shared_ptr<waiter> w) {
+    const executor& target = *w->batch_executor;
+    // Waiters come in any order; a few open batches, one per recent executor,
+    // catch callers spread over a few executors without a search of all batches.
+    auto open = std::find_if(open_.begin(), open_.end(), [&](std::size_t i) { return batches_[i].target == target; });
+    if (open != open_.end() && batches_[*open].waiters.size() < wake_batch::capacity) {
+      batches_[*open].waiters.push_back(std::move(w));
+      return;
+    }
+    batches_.push_back(wake_batch{target, {}, ec_, cause_});
+    batches_.back().waiters.push_back(std::move(w));
+    if (open != open_.end()) {
+      *open = batches_.size() - 1;
+    } else {
+      if (open_.size() == max_open) open_.erase(open_.begin());
+      open_.push_back(batches_.size() - 1);
+    }
+  }
+
+  /// One batch is deferred: it runs next on this thread, waking nobody. More
+  /// are posted, so that idle threads of the executor take a share.
+  void submit() && {
+    const bool spread = batches_.size() > 1;
+    for (auto& batch : batches_) {
+      auto target = batch.target;
+      if (spread) {
+        asio::post(target, std::move(batch));
+      } else {
+        asio::defer(target, std::move(batch));
+      }
+    }
+  }
+
+ private:
+  static constexpr std::size_t max_open = 8;
+  error_code ec_;
+  std::exception_ptr cause_;
+  std::vector<wake_batch> batches_;
+  std::vector<std::size_t> open_;
 };
 
 }  // namespace coropool::detail
