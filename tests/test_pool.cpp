@@ -177,6 +177,24 @@ TEST_CASE("a failed load fails every waiter at once, with its cause", "[pool]") 
   }
 }
 
+TEST_CASE("a pool with no workers and no waiters keeps nothing armed", "[pool]") {
+  // io_context::run returns only once nothing is pending: no timer, no coroutine.
+  asio::io_context ioc;
+  auto script = std::make_shared<LoadScript>();
+  script->fail = true;
+  IntPool pool(ioc, quiet_config(), scripted_loader(script), echo_handler());
+  REQUIRE(run_until_idle(ioc, 1, 5s));
+
+  ioc.restart();
+  boost::system::error_code result;
+  for (int i = 0; i < 100; ++i) {
+    pool.async_wait_for_workers("k", 1h, [&](boost::system::error_code ec) { result = ec; });
+  }
+  REQUIRE(run_until_idle(ioc, 1, 5s));  // the 1 h deadlines were disarmed when the wave failed
+  CHECK(result == errc::spawn_failed);
+  CHECK(script->started == 2);
+}
+
 TEST_CASE("a waiter's deadline ends only that waiter", "[pool]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
@@ -317,7 +335,7 @@ TEST_CASE("loads finishing within the shutdown deadline are kept until they end"
   CHECK_FALSE(pool.has_workers("k"));
 }
 
-TEST_CASE("destroying a pool at any point is safe", "[pool]") {
+TEST_CASE("destroying a pool at any point is safe", "[pool][concurrency]") {
   auto script = std::make_shared<LoadScript>();
   script->delay = 1h;
 
@@ -388,7 +406,7 @@ TEST_CASE("waiting blocks no thread", "[pool]") {
   CHECK(loads == 2);
 }
 
-TEST_CASE("completion tokens and executors", "[pool]") {
+TEST_CASE("completion tokens and executors", "[pool][concurrency]") {
   auto script = std::make_shared<LoadScript>();
   asio::io_context ioc;
   IntPool pool(ioc, quiet_config(), scripted_loader(script), echo_handler());

@@ -56,7 +56,7 @@ struct key_state : std::enable_shared_from_this<key_state> {
 
   std::size_t loading = 0;  // loads in flight: the current spawn wave
   std::exception_ptr last_failure;
-  std::list<std::shared_ptr<waiter>> waiters;
+  std::list<waiter_group> waiters;
   std::vector<std::shared_ptr<worker_record>> workers;
 };
 
@@ -145,7 +145,8 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     if (k.ready_workers.load(std::memory_order_relaxed) > 0) return finish(*w, {});
 
     w->key = &k;
-    w->position = k.waiters.insert(k.waiters.end(), w);
+    w->group = &group_for(k, w->batch_executor);
+    w->position = w->group->members.insert(w->group->members.end(), w);
     w->timer.expires_after(timeout);
     w->timer.async_wait([self = shared_from_this(), w](error_code ec) {
       if (ec) return;  // disarmed: the waiter was finished on the strand
@@ -168,26 +169,47 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     w.complete(ec, std::move(cause));
     if (w.key) {
       auto keep = *w.position;  // the list may hold the last reference
-      w.key->waiters.erase(w.position);
+      w.group->members.erase(w.position);
       w.key = nullptr;
+      w.group = nullptr;
       w.timer.cancel();
     }
   }
 
-  /// Completes every waiter of a key: the end of its spawn wave, or shutdown.
+  /// The group of the key's waiters on `target`. Only the most recent groups
+  /// are searched: callers on many executors make more, smaller groups.
+  static waiter_group& group_for(key_state& k, const std::optional<executor>& target) {
+    constexpr int searched = 8;
+    int looked = 0;
+    for (auto it = k.waiters.rbegin(); it != k.waiters.rend() && looked < searched; ++it, ++looked) {
+      if (it->target == target) return *it;
+    }
+    return k.waiters.emplace_back(waiter_group{target, {}});
+  }
+
+  /// Completes every waiter of a key (the end of its spawn wave, or shutdown),
+  /// in batches of one executor each (see wake_batch).
   void finish_all(key_state& k, error_code ec, const std::exception_ptr& cause) {
-    wake_batcher batcher(ec, cause);
-    for (auto& w : std::exchange(k.waiters, {})) {
-      w->done = true;
-      w->key = nullptr;  // off the list already
-      if (w->batch_executor) {
-        batcher.add(std::move(w));
-      } else {
-        w->complete(ec, cause);
-        w->timer.cancel();
+    std::vector<wake_batch> batches;
+    for (auto& group : std::exchange(k.waiters, {})) {
+      for (auto& w : group.members) {
+        w->done = true;
+        w->key = nullptr;
+        w->group = nullptr;
+        if (!group.target) {
+          w->complete(ec, cause);
+          w->timer.cancel();
+          continue;
+        }
+        if (batches.empty() || batches.back().target != *group.target ||
+            batches.back().waiters.size() == wake_batch::capacity) {
+          batches.push_back(wake_batch{*group.target, {}, ec, cause});
+          batches.back().waiters.reserve(wake_batch::capacity);
+        }
+        batches.back().waiters.push_back(std::move(w));
       }
     }
-    std::move(batcher).submit();
+    submit_wake(batches);
   }
 
   /// Starts one spawn wave unless the key has workers or one is under way:

@@ -2,7 +2,6 @@
 
 #include "coropool/detail/asio.hpp"
 
-#include <algorithm>
 #include <exception>
 #include <list>
 #include <memory>
@@ -79,7 +78,8 @@ class waiter {
 
   timer_type timer;
   bool done = false;
-  key_state* key = nullptr;
+  key_state* key = nullptr;  // while on a key's list: the key, its group, the place in it
+  struct waiter_group* group = nullptr;
   std::list<std::shared_ptr<waiter>>::iterator position;
 };
 
@@ -118,10 +118,26 @@ class waiter_op final : public waiter {
   Handler handler_;
 };
 
-/// Waiters of one executor, woken together by one function submitted to that
-/// executor: a wave's thousand callers cost a few scheduler operations, not a
-/// thousand. Each waiter is finished (off its key's list) before it joins a
-/// batch, so the batch owns its timer and disarms it after the wake.
+/// The waiters of one key whose handlers share an executor, in arrival order.
+/// Grouping happens when a caller arrives, so that a wave's end does no search.
+struct waiter_group {
+  std::optional<executor> target;  // empty: handlers whose executor cannot be batched
+  std::list<std::shared_ptr<waiter>> members;
+};
+
+/// Disarms the timers of woken waiters, after the callers queued before it have run.
+struct disarm_timers {
+  std::vector<std::shared_ptr<waiter>> waiters;
+
+  void operator()() const {
+    for (const auto& w : waiters) w->timer.cancel();
+  }
+};
+
+/// Waiters of one executor, woken together by one function submitted to it:
+/// a wave's thousand callers cost a few scheduler operations, not a thousand.
+/// Its waiters are finished (off their key's lists) before they join it, so it
+/// owns their timers; it disarms them once every caller it holds has run.
 struct wake_batch {
   /// Large enough to amortise a submission, small enough that idle threads of
   /// a multi-threaded executor share a big wave.
@@ -133,57 +149,23 @@ struct wake_batch {
   std::exception_ptr cause;
 
   void operator()() {
-    for (auto& w : waiters) {
-      w->invoke(ec, cause);
-      w->timer.cancel();
-    }
+    for (const auto& w : waiters) w->invoke(ec, cause);
+    asio::defer(target, disarm_timers{std::move(waiters)});
   }
 };
 
-/// Sorts finished waiters into wake batches by executor, then submits them.
-class wake_batcher {
- public:
-  wake_batcher(error_code ec, std::exception_ptr cause) : ec_(ec), cause_(std::move(cause)) {}
-
-  void add(std::shared_ptr<waiter> w) {
-    const executor& target = *w->batch_executor;
-    // Waiters come in any order; a few open batches, one per recent executor,
-    // catch callers spread over a few executors without a search of all batches.
-    auto open = std::find_if(open_.begin(), open_.end(), [&](std::size_t i) { return batches_[i].target == target; });
-    if (open != open_.end() && batches_[*open].waiters.size() < wake_batch::capacity) {
-      batches_[*open].waiters.push_back(std::move(w));
-      return;
-    }
-    batches_.push_back(wake_batch{target, {}, ec_, cause_});
-    batches_.back().waiters.push_back(std::move(w));
-    if (open != open_.end()) {
-      *open = batches_.size() - 1;
+/// Submits a wave's batches. A lone batch is deferred: it runs next on this
+/// thread, waking nobody. More are posted, so that idle threads take a share.
+inline void submit_wake(std::vector<wake_batch>& batches) {
+  const bool spread = batches.size() > 1;
+  for (auto& batch : batches) {
+    auto target = batch.target;
+    if (spread) {
+      asio::post(target, std::move(batch));
     } else {
-      if (open_.size() == max_open) open_.erase(open_.begin());
-      open_.push_back(batches_.size() - 1);
+      asio::defer(target, std::move(batch));
     }
   }
-
-  /// One batch is deferred: it runs next on this thread, waking nobody. More
-  /// are posted, so that idle threads of the executor take a share.
-  void submit() && {
-    const bool spread = batches_.size() > 1;
-    for (auto& batch : batches_) {
-      auto target = batch.target;
-      if (spread) {
-        asio::post(target, std::move(batch));
-      } else {
-        asio::defer(target, std::move(batch));
-      }
-    }
-  }
-
- private:
-  static constexpr std::size_t max_open = 8;
-  error_code ec_;
-  std::exception_ptr cause_;
-  std::vector<wake_batch> batches_;
-  std::vector<std::size_t> open_;
-};
+}
 
 }  // namespace coropool::detail
