@@ -127,43 +127,47 @@ double cpu_seconds() {
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
+/// One cold start of `waiters` callers; appends each caller's wake latency.
+void cold_start_once(bool polling, int waiters, std::vector<double>& latency_us) {
+  asio::io_context ioc(io_threads);
+  std::atomic<clock_type::rep> loaded_at{0};
+  BenchPool pool(ioc, quiet_config(), timed_loader(200ms, &loaded_at), no_handler());
+  std::vector<clock_type::time_point> resumed(static_cast<std::size_t>(waiters));  // one slot per caller: no lock
+  std::mt19937 random(42);
+  std::uniform_int_distribution<int> arrival_us(0, 99'999);
+  std::atomic<int> remaining{waiters};
+  start_spawn(polling, pool);
+  for (int i = 0; i < waiters; ++i) {
+    const auto arrival = std::chrono::microseconds(waiters == 1 ? 0 : arrival_us(random));
+    asio::co_spawn(
+        ioc,
+        [&, arrival, i]() -> asio::awaitable<void> {
+          asio::steady_timer arrive(co_await asio::this_coro::executor, arrival);
+          co_await arrive.async_wait(asio::use_awaitable);
+          co_await wait(polling, pool, "model");
+          resumed[static_cast<std::size_t>(i)] = clock_type::now();
+          if (--remaining == 0) co_await pool.async_shutdown(1s, asio::use_awaitable);
+        },
+        asio::detached);
+  }
+  run_threads(ioc);
+  const clock_type::time_point end{clock_type::duration(loaded_at.load())};
+  for (auto t : resumed) latency_us.push_back(std::chrono::duration<double, std::micro>(t - end).count());
+}
+
 void cold_start_wake() {
   for (bool polling : {false, true}) {
-    // The first row runs once untimed: it pays the first-touch page faults.
-    for (int waiters : {-100, 1, 100, 10'000}) {
-      const bool warm_up = waiters < 0;
-      waiters = std::abs(waiters);
-      asio::io_context ioc(io_threads);
-      std::atomic<clock_type::rep> loaded_at{0};
-      BenchPool pool(ioc, quiet_config(), timed_loader(200ms, &loaded_at), no_handler());
-      std::vector<clock_type::time_point> resumed(static_cast<std::size_t>(waiters));  // one slot per caller: no lock
-      std::mt19937 random(42);
-      std::uniform_int_distribution<int> arrival_us(0, 99'999);
-      std::atomic<int> remaining{waiters};
-      start_spawn(polling, pool);
-      for (int i = 0; i < waiters; ++i) {
-        const auto arrival = std::chrono::microseconds(waiters == 1 ? 0 : arrival_us(random));
-        asio::co_spawn(
-            ioc,
-            [&, arrival, i]() -> asio::awaitable<void> {
-              asio::steady_timer arrive(co_await asio::this_coro::executor, arrival);
-              co_await arrive.async_wait(asio::use_awaitable);
-              co_await wait(polling, pool, "model");
-              resumed[static_cast<std::size_t>(i)] = clock_type::now();
-              if (--remaining == 0) co_await pool.async_shutdown(1s, asio::use_awaitable);
-            },
-            asio::detached);
-      }
-      run_threads(ioc);
-      const clock_type::time_point end{clock_type::duration(loaded_at.load())};
+    std::vector<double> warm_up;  // pays the first-touch page faults, untimed
+    cold_start_once(polling, 100, warm_up);
+    // Small waves repeat, so that their percentiles rest on more than one sample.
+    for (auto [waiters, repetitions] : {std::pair{1, 25}, std::pair{100, 5}, std::pair{10'000, 3}}) {
       std::vector<double> latency_us;
-      for (auto t : resumed) latency_us.push_back(std::chrono::duration<double, std::micro>(t - end).count());
-      if (warm_up) continue;
+      for (int r = 0; r < repetitions; ++r) cold_start_once(polling, waiters, latency_us);
       const auto p = percentiles(latency_us);
       std::printf(
           "{\"bench\":\"cold_start_wake\",\"impl\":\"%s\",\"threads\":%d,\"params\":{\"waiters\":%d,\"load_ms\":200,"
-          "\"arrivals_ms\":100},\"p50_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f}\n",
-          impl_name(polling), io_threads, waiters, p.p50, p.p99, p.max);
+          "\"arrivals_ms\":100,\"repetitions\":%d},\"p50_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f}\n",
+          impl_name(polling), io_threads, waiters, repetitions, p.p50, p.p99, p.max);
       std::fflush(stdout);
     }
   }
