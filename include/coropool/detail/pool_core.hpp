@@ -145,7 +145,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     if (k.ready_workers.load(std::memory_order_relaxed) > 0) return finish(*w, {});
 
     w->key = &k;
-    w->group = &group_for(k, w->batch_executor);
+    w->group = group_for(k, w->batch_executor);
     w->position = w->group->members.insert(w->group->members.end(), w);
     w->timer.expires_after(timeout);
     w->timer.async_wait([self = shared_from_this(), w](error_code ec) {
@@ -170,21 +170,21 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     if (w.key) {
       auto keep = *w.position;  // the list may hold the last reference
       w.group->members.erase(w.position);
+      if (w.group->members.empty()) w.key->waiters.erase(w.group);
       w.key = nullptr;
-      w.group = nullptr;
       w.timer.cancel();
     }
   }
 
   /// The group of the key's waiters on `target`. Only the most recent groups
   /// are searched: callers on many executors make more, smaller groups.
-  static waiter_group& group_for(key_state& k, const std::optional<executor>& target) {
+  static std::list<waiter_group>::iterator group_for(key_state& k, const std::optional<executor>& target) {
     constexpr int searched = 8;
     int looked = 0;
-    for (auto it = k.waiters.rbegin(); it != k.waiters.rend() && looked < searched; ++it, ++looked) {
-      if (it->target == target) return *it;
+    for (auto it = k.waiters.end(); it != k.waiters.begin() && looked < searched; ++looked) {
+      if ((--it)->target == target) return it;
     }
-    return k.waiters.emplace_back(waiter_group{target, {}});
+    return k.waiters.insert(k.waiters.end(), waiter_group{target, {}});
   }
 
   /// Completes every waiter of a key (the end of its spawn wave, or shutdown),
@@ -195,7 +195,6 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
       for (auto& w : group.members) {
         w->done = true;
         w->key = nullptr;
-        w->group = nullptr;
         if (!group.target) {
           w->complete(ec, cause);
           w->timer.cancel();

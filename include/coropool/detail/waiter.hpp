@@ -54,6 +54,15 @@ class completion_op final : public completion<Args...> {
   Handler handler_;
 };
 
+class waiter;
+
+/// The waiters of one key whose handlers share an executor, in arrival order.
+/// Grouping happens when a caller arrives, so that a wave's end does no search.
+struct waiter_group {
+  std::optional<executor> target;  // empty: handlers whose executor cannot be batched
+  std::list<std::shared_ptr<waiter>> members;
+};
+
 /// A caller parked in wait_for_workers: its deadline timer and, in the
 /// derived waiter_op, its completion handler. Touched only on the pool's
 /// strand, except construction and the cancellation hook. The timer runs on
@@ -78,8 +87,9 @@ class waiter {
 
   timer_type timer;
   bool done = false;
-  key_state* key = nullptr;  // while on a key's list: the key, its group, the place in it
-  struct waiter_group* group = nullptr;
+  // While on a key's list: the key, its group of waiters, the place in it.
+  key_state* key = nullptr;
+  std::list<waiter_group>::iterator group;
   std::list<std::shared_ptr<waiter>>::iterator position;
 };
 
@@ -116,13 +126,6 @@ class waiter_op final : public waiter {
  private:
   handler_work<Handler> work_;
   Handler handler_;
-};
-
-/// The waiters of one key whose handlers share an executor, in arrival order.
-/// Grouping happens when a caller arrives, so that a wave's end does no search.
-struct waiter_group {
-  std::optional<executor> target;  // empty: handlers whose executor cannot be batched
-  std::list<std::shared_ptr<waiter>> members;
 };
 
 /// Disarms the timers of woken waiters, after the callers queued before it have run.
