@@ -351,6 +351,15 @@ TEST_CASE("destroying a pool at any point is safe", "[pool][concurrency]") {
     CHECK(script->cancelled == 2);
   }
 
+  SECTION("while a load is in flight, with an executor that never runs again") {
+    asio::io_context ioc;
+    auto pool = std::make_unique<IntPool>(ioc, quiet_config(), scripted_loader(script), echo_handler());
+    pool->async_wait_for_workers("k", 1h, asio::detached);
+    ioc.run_for(10ms);
+    CHECK(script->started == 2);
+    pool.reset();  // what is left is freed with the io_context (LeakSanitizer checks)
+  }
+
   SECTION("before its executor ever ran") {
     asio::io_context ioc;
     auto pool = std::make_unique<IntPool>(ioc, quiet_config(), scripted_loader(script), echo_handler());

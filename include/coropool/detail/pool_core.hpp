@@ -26,12 +26,14 @@ struct key_state;
 
 /// One worker coroutine's bookkeeping. `strand` is the worker's own: its
 /// coroutine runs there, and so does everything that touches `stop_signal`.
+/// Its key owns it; the key, in turn, lives as long as the pool's core, which
+/// the worker's coroutine and handlers hold: a plain pointer back makes no cycle.
 struct worker_record {
-  worker_record(std::uint64_t worker_id, std::shared_ptr<key_state> owner, const executor& ex)
-      : id(worker_id), key(std::move(owner)), strand(asio::make_strand(ex)) {}
+  worker_record(std::uint64_t worker_id, key_state& owner, const executor& ex)
+      : id(worker_id), key(&owner), strand(asio::make_strand(ex)) {}
 
   const std::uint64_t id;
-  const std::shared_ptr<key_state> key;
+  key_state* const key;
   const strand_type strand;
 
   // Set on the pool strand, read by the worker: a stop that arrives before the
@@ -48,7 +50,7 @@ struct worker_record {
 
 /// Everything the pool knows of one key. `ready_workers` is read from any
 /// thread; the rest only on the pool strand.
-struct key_state : std::enable_shared_from_this<key_state> {
+struct key_state {
   explicit key_state(std::string key_name) : name(std::move(key_name)) {}
 
   const std::string name;
@@ -222,7 +224,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   }
 
   void spawn_worker(key_state& k) {
-    auto w = std::make_shared<worker_record>(++next_worker_id_, k.shared_from_this(), executor_);
+    auto w = std::make_shared<worker_record>(++next_worker_id_, k, executor_);
     k.workers.push_back(w);
     ++k.loading;
     ++live_workers_;
