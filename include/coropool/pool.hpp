@@ -163,14 +163,12 @@ class Pool {
   /// loader's exception, its `what()` names the key and the loader's message.
   /// @throws boost::system::system_error with the error of any other failure.
   asio::awaitable<void> wait_for_workers(std::string key, clock::duration timeout) {
-    auto token = asio::as_tuple(asio::use_awaitable);
-    auto [ec, cause] = co_await asio::async_initiate<decltype(token), void(error_code, std::exception_ptr)>(
+    // Completing with an exception_ptr lets use_awaitable throw it: no frame of our own.
+    return asio::async_initiate<const asio::use_awaitable_t<>&, void(std::exception_ptr)>(
         [core = core_.get()](auto handler, std::string k, clock::duration t) {
           core->template start_wait<true>(std::move(handler), std::move(k), t);
         },
-        token, key, timeout);
-    if (ec == errc::spawn_failed) throw spawn_error(key, std::move(cause));
-    if (ec) throw boost::system::system_error(ec);
+        asio::use_awaitable, std::move(key), timeout);
   }
 
   /// wait_for_workers() with `PoolConfig::spawn_timeout` as the timeout.

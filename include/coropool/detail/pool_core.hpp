@@ -91,10 +91,10 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   }
 
   /// Starts a wait for `key`'s workers; callable from any thread.
-  template <bool WithCause, class Handler>
+  template <bool AsException, class Handler>
   void start_wait(Handler&& handler, std::string key, clock::duration timeout) {
-    using op_type = waiter_op<std::decay_t<Handler>, WithCause>;
-    auto op = std::make_shared<op_type>(executor_, std::forward<Handler>(handler));
+    using op_type = waiter_op<std::decay_t<Handler>, AsException>;
+    auto op = std::make_shared<op_type>(executor_, std::forward<Handler>(handler), key);
     auto slot = asio::get_associated_cancellation_slot(op->handler());
     if (slot.is_connected()) {
       // A cancellation may be emitted from any thread: it only posts to the strand.

@@ -1,11 +1,13 @@
 #pragma once
 
 #include "coropool/detail/asio.hpp"
+#include "coropool/error.hpp"
 
 #include <exception>
 #include <list>
 #include <memory>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -93,11 +95,23 @@ class waiter {
   std::list<std::shared_ptr<waiter>>::iterator position;
 };
 
-template <class Handler, bool WithCause>
+/// The exception a wait's awaitable form throws for a result: spawn_error for
+/// a failed wave, system_error for any other error, none for success.
+inline std::exception_ptr wait_exception(error_code ec, const std::exception_ptr& cause, const std::string& key) {
+  if (!ec) return nullptr;
+  if (ec == errc::spawn_failed) return std::make_exception_ptr(spawn_error(key, cause));
+  return std::make_exception_ptr(boost::system::system_error(ec));
+}
+
+/// A waiter whose handler takes `void(error_code)`, or, with AsException,
+/// `void(std::exception_ptr)`: the awaitable form, which then needs no
+/// coroutine frame of its own to turn the result into an exception.
+template <class Handler, bool AsException>
 class waiter_op final : public waiter {
  public:
-  waiter_op(const executor& ex, Handler&& handler)
+  waiter_op(const executor& ex, Handler&& handler, std::string key_name)
       : waiter(ex), work_(make_handler_work(handler, ex)), handler_(std::move(handler)) {
+    if constexpr (AsException) key_ = std::move(key_name);
     if constexpr (std::is_convertible_v<asio::associated_executor_t<Handler, executor>, executor>) {
       batch_executor.emplace(work_.get_executor());
     }
@@ -106,8 +120,8 @@ class waiter_op final : public waiter {
   Handler& handler() noexcept { return handler_; }
 
   void complete(error_code ec, std::exception_ptr cause) override {
-    if constexpr (WithCause) {
-      defer_completion(std::move(work_), std::move(handler_), ec, std::move(cause));
+    if constexpr (AsException) {
+      defer_completion(std::move(work_), std::move(handler_), wait_exception(ec, cause, key_));
     } else {
       defer_completion(std::move(work_), std::move(handler_), ec);
     }
@@ -116,8 +130,8 @@ class waiter_op final : public waiter {
   void invoke(error_code ec, std::exception_ptr cause) override {
     auto work = std::move(work_);
     auto handler = std::move(handler_);
-    if constexpr (WithCause) {
-      std::move(handler)(ec, std::move(cause));
+    if constexpr (AsException) {
+      std::move(handler)(wait_exception(ec, cause, key_));
     } else {
       std::move(handler)(ec);
     }
@@ -126,6 +140,7 @@ class waiter_op final : public waiter {
  private:
   handler_work<Handler> work_;
   Handler handler_;
+  std::string key_;  // AsException only: spawn_error names the key
 };
 
 /// Disarms the timers of woken waiters, after the callers queued before it have run.
