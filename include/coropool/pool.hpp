@@ -133,8 +133,9 @@ class Pool {
   /// @code void(boost::system::error_code) @endcode
   /// - success: a worker of `key` is ready;
   /// - `errc::spawn_timeout`: none was ready within `timeout` (the wave goes on);
-  /// - `errc::spawn_failed`: every load of the wave failed; the loader's
-  ///   exception is kept, see last_spawn_failure() or wait_for_workers();
+  /// - `errc::spawn_failed`: every load of the wave failed, and the failure
+  ///   is logged; wait_for_workers() throws it as a spawn_error whose
+  ///   `cause()` is the loader's own exception;
   /// - `errc::shutting_down`, `errc::invalid_argument`;
   /// - `asio::error::operation_aborted`: the wait was cancelled through its
   ///   cancellation slot (any type); the wave goes on for other callers.
