@@ -110,6 +110,17 @@ TEST_CASE("10,000 waiters share one spawn wave", "[pool][stress][concurrency]") 
     CHECK(script->started == 3);
   }
 
+  SECTION("a pool built on a strand of a two-thread io_context") {
+    asio::io_context ioc(2);
+    IntPool pool(asio::make_strand(ioc), config, scripted_loader(script), echo_handler());
+    WaiterTally tally;
+    tally.start(ioc.get_executor(), pool, "bert", waiters / 10);
+    asio::co_spawn(ioc, shutdown_when(pool, tally, waiters / 10), asio::detached);
+    REQUIRE(run_until_idle(ioc, 2));
+    CHECK(tally.ok == waiters / 10);
+    CHECK(script->started == 3);
+  }
+
   SECTION("thread_pool, waiters on their own strands") {
     asio::thread_pool threads(2);
     IntPool pool(threads, config, scripted_loader(script), echo_handler());
