@@ -10,7 +10,8 @@
 // idle_wait_cpu    CPU seconds the process uses while 10,000 callers wait 1 s.
 //
 // Each runs for impl "coropool" and for "poll50ms", the old system's fixed
-// loop: check has_workers, then sleep 50 ms on a timer.
+// loop: check has_workers, then sleep 50 ms on a timer. cold_start_wake also
+// runs "asio-floor": the same callers woken with no pool at all.
 
 #include <coropool.hpp>
 
@@ -30,6 +31,7 @@
 #include <cstdlib>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -155,19 +157,83 @@ void cold_start_once(bool polling, int waiters, std::vector<double>& latency_us)
   for (auto t : resumed) latency_us.push_back(std::chrono::duration<double, std::micro>(t - end).count());
 }
 
+/// The floor under any design on Asio coroutines: the same callers, parked as
+/// bare completion handlers (no pool, no deadline timers) and woken when the
+/// 200 ms "load" ends by batches of 64 direct calls posted to the io_context,
+/// as coropool wakes them. What coropool adds is the distance to this row.
+void cold_start_floor_once(int waiters, std::vector<double>& latency_us) {
+  asio::io_context ioc(io_threads);
+  std::mutex mutex;
+  std::vector<asio::any_completion_handler<void()>> parked;
+  bool woken = false;
+  clock_type::time_point woke_at;
+  std::vector<clock_type::time_point> resumed(static_cast<std::size_t>(waiters));
+  std::mt19937 random(42);
+  std::uniform_int_distribution<int> arrival_us(0, 99'999);
+  for (int i = 0; i < waiters; ++i) {
+    const auto arrival = std::chrono::microseconds(waiters == 1 ? 0 : arrival_us(random));
+    asio::co_spawn(
+        ioc,
+        [&, arrival, i]() -> asio::awaitable<void> {
+          asio::steady_timer arrive(co_await asio::this_coro::executor, arrival);
+          co_await arrive.async_wait(asio::use_awaitable);
+          co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+              [&](auto handler) {
+                std::lock_guard lock(mutex);
+                if (woken) {
+                  asio::post(ioc, std::move(handler));
+                } else {
+                  parked.emplace_back(std::move(handler));
+                }
+              },
+              asio::use_awaitable);
+          resumed[static_cast<std::size_t>(i)] = clock_type::now();
+        },
+        asio::detached);
+  }
+  asio::steady_timer load(ioc, 200ms);
+  load.async_wait([&](boost::system::error_code) {
+    std::vector<asio::any_completion_handler<void()>> all;
+    {
+      std::lock_guard lock(mutex);
+      woken = true;
+      woke_at = clock_type::now();
+      all = std::move(parked);
+    }
+    for (std::size_t first = 0; first < all.size(); first += 64) {
+      std::vector<asio::any_completion_handler<void()>> batch;
+      for (std::size_t j = first; j < std::min(all.size(), first + 64); ++j) batch.push_back(std::move(all[j]));
+      asio::post(ioc, [batch = std::move(batch)]() mutable {
+        for (auto& handler : batch) std::move(handler)();
+      });
+    }
+  });
+  run_threads(ioc);
+  for (auto t : resumed) latency_us.push_back(std::chrono::duration<double, std::micro>(t - woke_at).count());
+}
+
 void cold_start_wake() {
-  for (bool polling : {false, true}) {
+  enum class Impl { coropool, poll50ms, asio_floor };
+  for (Impl impl : {Impl::coropool, Impl::poll50ms, Impl::asio_floor}) {
+    auto once = [impl](int waiters, std::vector<double>& latency_us) {
+      if (impl == Impl::asio_floor) {
+        cold_start_floor_once(waiters, latency_us);
+      } else {
+        cold_start_once(impl == Impl::poll50ms, waiters, latency_us);
+      }
+    };
+    const char* name = impl == Impl::asio_floor ? "asio-floor" : impl_name(impl == Impl::poll50ms);
     std::vector<double> warm_up;  // pays the first-touch page faults, untimed
-    cold_start_once(polling, 100, warm_up);
+    once(100, warm_up);
     // Small waves repeat, so that their percentiles rest on more than one sample.
     for (auto [waiters, repetitions] : {std::pair{1, 25}, std::pair{100, 5}, std::pair{10'000, 3}}) {
       std::vector<double> latency_us;
-      for (int r = 0; r < repetitions; ++r) cold_start_once(polling, waiters, latency_us);
+      for (int r = 0; r < repetitions; ++r) once(waiters, latency_us);
       const auto p = percentiles(latency_us);
       std::printf(
           "{\"bench\":\"cold_start_wake\",\"impl\":\"%s\",\"threads\":%d,\"params\":{\"waiters\":%d,\"load_ms\":200,"
           "\"arrivals_ms\":100,\"repetitions\":%d},\"p50_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f}\n",
-          impl_name(polling), io_threads, waiters, repetitions, p.p50, p.p99, p.max);
+          name, io_threads, waiters, repetitions, p.p50, p.p99, p.max);
       std::fflush(stdout);
     }
   }
