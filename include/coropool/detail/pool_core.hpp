@@ -94,7 +94,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   template <bool AsException, class Handler>
   void start_wait(Handler&& handler, std::string key, clock::duration timeout) {
     using op_type = waiter_op<std::decay_t<Handler>, AsException>;
-    auto op = std::make_shared<op_type>(executor_, std::forward<Handler>(handler), key);
+    auto op = std::make_shared<op_type>(executor_, std::forward<Handler>(handler));
     auto slot = asio::get_associated_cancellation_slot(op->handler());
     if (slot.is_connected()) {
       // A cancellation may be emitted from any thread: it only posts to the strand.
@@ -165,10 +165,10 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   /// cancellation, the wave) find it done and do nothing.
   /// The handler is completed before its timer is disarmed: cancelling the
   /// timer is not what wakes the caller.
-  void finish(waiter& w, error_code ec, std::exception_ptr cause = nullptr) {
+  void finish(waiter& w, error_code ec) {
     if (w.done) return;
     w.done = true;
-    w.complete(ec, std::move(cause));
+    w.complete(ec, nullptr);
     if (w.key) {
       auto keep = *w.position;  // the list may hold the last reference
       w.group->members.erase(w.position);
@@ -191,20 +191,20 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 
   /// Completes every waiter of a key (the end of its spawn wave, or shutdown),
   /// in batches of one executor each (see wake_batch).
-  void finish_all(key_state& k, error_code ec, const std::exception_ptr& cause) {
+  void finish_all(key_state& k, error_code ec, const std::exception_ptr& error = nullptr) {
     std::vector<wake_batch> batches;
     for (auto& group : std::exchange(k.waiters, {})) {
       for (auto& w : group.members) {
         w->done = true;
         w->key = nullptr;
         if (!group.target) {
-          w->complete(ec, cause);
+          w->complete(ec, error);
           w->timer.cancel();
           continue;
         }
         if (batches.empty() || batches.back().target != *group.target ||
             batches.back().waiters.size() == wake_batch::capacity) {
-          batches.push_back(wake_batch{*group.target, {}, ec, cause});
+          batches.push_back(wake_batch{*group.target, {}, ec, error});
           batches.back().waiters.reserve(wake_batch::capacity);
         }
         batches.back().waiters.push_back(std::move(w));
@@ -243,7 +243,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     w->ready = true;
     k.ready_workers.fetch_add(1, std::memory_order_release);
     if (stopping_) return request_stop(w);
-    finish_all(k, {}, nullptr);  // wake first, then log
+    finish_all(k, {});  // wake first, then log
     log_->info("coropool: key '{}' worker {} ready", k.name, w->id);
   }
 
@@ -260,7 +260,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
         log_->warn("coropool: key '{}' worker {} failed to load: {}", k.name, w->id,
                    spawn_error::describe(k.last_failure));
         if (k.loading == 0 && k.ready_workers.load(std::memory_order_relaxed) == 0) {
-          finish_all(k, errc::spawn_failed, k.last_failure);
+          finish_all(k, errc::spawn_failed, std::make_exception_ptr(spawn_error(k.name, k.last_failure)));
         }
       }
     }
@@ -283,7 +283,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
       log_->info("coropool: shutting down ({} worker(s) running)", live_workers_);
       // keys_ changes only on this strand: reading it here needs no lock.
       for (auto& [name, k] : keys_) {
-        finish_all(*k, errc::shutting_down, nullptr);
+        finish_all(*k, errc::shutting_down);
         for (auto& w : k->workers) {
           if (w->ready || load_deadline <= clock::duration::zero()) request_stop(w);
         }

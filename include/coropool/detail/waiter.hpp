@@ -7,7 +7,6 @@
 #include <list>
 #include <memory>
 #include <optional>
-#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -78,10 +77,12 @@ class waiter {
   virtual ~waiter() = default;
 
   /// Hands the result to the caller's executor (see defer_completion).
-  virtual void complete(error_code ec, std::exception_ptr cause) = 0;
+  /// `error` is the exception the awaitable form throws for `ec`, where the
+  /// pool made one (a failed wave's spawn_error); null otherwise.
+  virtual void complete(error_code ec, std::exception_ptr error) = 0;
 
   /// Calls the handler now; the caller runs on batch_executor already.
-  virtual void invoke(error_code ec, std::exception_ptr cause) = 0;
+  virtual void invoke(error_code ec, std::exception_ptr error) = 0;
 
   /// The handler's associated executor, where it converts to any_io_executor
   /// (all of Asio's do): such waiters are woken in batches (see wake_batch).
@@ -95,11 +96,11 @@ class waiter {
   std::list<std::shared_ptr<waiter>>::iterator position;
 };
 
-/// The exception a wait's awaitable form throws for a result: spawn_error for
-/// a failed wave, system_error for any other error, none for success.
-inline std::exception_ptr wait_exception(error_code ec, const std::exception_ptr& cause, const std::string& key) {
+/// The exception a wait's awaitable form throws for a result: the wave's own
+/// spawn_error, made once for all its waiters, or a system_error; none for success.
+inline std::exception_ptr wait_exception(error_code ec, const std::exception_ptr& error) {
   if (!ec) return nullptr;
-  if (ec == errc::spawn_failed) return std::make_exception_ptr(spawn_error(key, cause));
+  if (error) return error;
   return std::make_exception_ptr(boost::system::system_error(ec));
 }
 
@@ -109,9 +110,8 @@ inline std::exception_ptr wait_exception(error_code ec, const std::exception_ptr
 template <class Handler, bool AsException>
 class waiter_op final : public waiter {
  public:
-  waiter_op(const executor& ex, Handler&& handler, std::string key_name)
+  waiter_op(const executor& ex, Handler&& handler)
       : waiter(ex), work_(make_handler_work(handler, ex)), handler_(std::move(handler)) {
-    if constexpr (AsException) key_ = std::move(key_name);
     if constexpr (std::is_convertible_v<asio::associated_executor_t<Handler, executor>, executor>) {
       batch_executor.emplace(work_.get_executor());
     }
@@ -119,19 +119,19 @@ class waiter_op final : public waiter {
 
   Handler& handler() noexcept { return handler_; }
 
-  void complete(error_code ec, std::exception_ptr cause) override {
+  void complete(error_code ec, std::exception_ptr error) override {
     if constexpr (AsException) {
-      defer_completion(std::move(work_), std::move(handler_), wait_exception(ec, cause, key_));
+      defer_completion(std::move(work_), std::move(handler_), wait_exception(ec, error));
     } else {
       defer_completion(std::move(work_), std::move(handler_), ec);
     }
   }
 
-  void invoke(error_code ec, std::exception_ptr cause) override {
+  void invoke(error_code ec, std::exception_ptr error) override {
     auto work = std::move(work_);
     auto handler = std::move(handler_);
     if constexpr (AsException) {
-      std::move(handler)(wait_exception(ec, cause, key_));
+      std::move(handler)(wait_exception(ec, error));
     } else {
       std::move(handler)(ec);
     }
@@ -140,7 +140,6 @@ class waiter_op final : public waiter {
  private:
   handler_work<Handler> work_;
   Handler handler_;
-  std::string key_;  // AsException only: spawn_error names the key
 };
 
 /// Disarms the timers of woken waiters, after the callers queued before it have run.
@@ -164,10 +163,10 @@ struct wake_batch {
   executor target;
   std::vector<std::shared_ptr<waiter>> waiters;
   error_code ec;
-  std::exception_ptr cause;
+  std::exception_ptr error;
 
   void operator()() {
-    for (const auto& w : waiters) w->invoke(ec, cause);
+    for (const auto& w : waiters) w->invoke(ec, error);
     asio::defer(target, disarm_timers{std::move(waiters)});
   }
 };
