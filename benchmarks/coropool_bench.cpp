@@ -129,16 +129,14 @@ double cpu_seconds() {
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
-/// One cold start of `waiters` callers; appends each caller's wake latency.
-void cold_start_once(bool polling, int waiters, std::vector<double>& latency_us) {
-  asio::io_context ioc(io_threads);
-  std::atomic<clock_type::rep> loaded_at{0};
-  BenchPool pool(ioc, quiet_config(), timed_loader(200ms, &loaded_at), no_handler());
-  std::vector<clock_type::time_point> resumed(static_cast<std::size_t>(waiters));  // one slot per caller: no lock
+/// Spawns `waiters` callers arriving over the first 100 ms (at once, for one):
+/// each awaits `park()`, stamps its resume time in `resumed`, then calls `resumed_one()`.
+template <class Park, class ResumedOne>
+void spawn_callers(asio::io_context& ioc, int waiters, Park& park, ResumedOne& resumed_one,
+                   std::vector<clock_type::time_point>& resumed) {
+  resumed.assign(static_cast<std::size_t>(waiters), {});  // one slot per caller: no lock
   std::mt19937 random(42);
   std::uniform_int_distribution<int> arrival_us(0, 99'999);
-  std::atomic<int> remaining{waiters};
-  start_spawn(polling, pool);
   for (int i = 0; i < waiters; ++i) {
     const auto arrival = std::chrono::microseconds(waiters == 1 ? 0 : arrival_us(random));
     asio::co_spawn(
@@ -146,15 +144,34 @@ void cold_start_once(bool polling, int waiters, std::vector<double>& latency_us)
         [&, arrival, i]() -> asio::awaitable<void> {
           asio::steady_timer arrive(co_await asio::this_coro::executor, arrival);
           co_await arrive.async_wait(asio::use_awaitable);
-          co_await wait(polling, pool, "model");
+          co_await park();
           resumed[static_cast<std::size_t>(i)] = clock_type::now();
-          if (--remaining == 0) co_await pool.async_shutdown(1s, asio::use_awaitable);
+          resumed_one();
         },
         asio::detached);
   }
+}
+
+void append_latencies(const std::vector<clock_type::time_point>& resumed, clock_type::time_point from,
+                      std::vector<double>& latency_us) {
+  for (auto t : resumed) latency_us.push_back(std::chrono::duration<double, std::micro>(t - from).count());
+}
+
+/// One cold start of `waiters` callers; appends each caller's wake latency.
+void cold_start_once(bool polling, int waiters, std::vector<double>& latency_us) {
+  asio::io_context ioc(io_threads);
+  std::atomic<clock_type::rep> loaded_at{0};
+  BenchPool pool(ioc, quiet_config(), timed_loader(200ms, &loaded_at), no_handler());
+  std::atomic<int> remaining{waiters};
+  start_spawn(polling, pool);
+  auto park = [&] { return wait(polling, pool, "model"); };
+  auto resumed_one = [&] {
+    if (--remaining == 0) pool.async_shutdown(1s, asio::detached);
+  };
+  std::vector<clock_type::time_point> resumed;
+  spawn_callers(ioc, waiters, park, resumed_one, resumed);
   run_threads(ioc);
-  const clock_type::time_point end{clock_type::duration(loaded_at.load())};
-  for (auto t : resumed) latency_us.push_back(std::chrono::duration<double, std::micro>(t - end).count());
+  append_latencies(resumed, clock_type::time_point{clock_type::duration(loaded_at.load())}, latency_us);
 }
 
 /// The floor under any design on Asio coroutines: the same callers, parked as
@@ -167,30 +184,21 @@ void cold_start_floor_once(int waiters, std::vector<double>& latency_us) {
   std::vector<asio::any_completion_handler<void()>> parked;
   bool woken = false;
   clock_type::time_point woke_at;
-  std::vector<clock_type::time_point> resumed(static_cast<std::size_t>(waiters));
-  std::mt19937 random(42);
-  std::uniform_int_distribution<int> arrival_us(0, 99'999);
-  for (int i = 0; i < waiters; ++i) {
-    const auto arrival = std::chrono::microseconds(waiters == 1 ? 0 : arrival_us(random));
-    asio::co_spawn(
-        ioc,
-        [&, arrival, i]() -> asio::awaitable<void> {
-          asio::steady_timer arrive(co_await asio::this_coro::executor, arrival);
-          co_await arrive.async_wait(asio::use_awaitable);
-          co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
-              [&](auto handler) {
-                std::lock_guard lock(mutex);
-                if (woken) {
-                  asio::post(ioc, std::move(handler));
-                } else {
-                  parked.emplace_back(std::move(handler));
-                }
-              },
-              asio::use_awaitable);
-          resumed[static_cast<std::size_t>(i)] = clock_type::now();
+  auto park = [&] {
+    return asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+        [&](auto handler) {
+          std::lock_guard lock(mutex);
+          if (woken) {
+            asio::post(ioc, std::move(handler));
+          } else {
+            parked.emplace_back(std::move(handler));
+          }
         },
-        asio::detached);
-  }
+        asio::use_awaitable);
+  };
+  auto resumed_one = [] {};
+  std::vector<clock_type::time_point> resumed;
+  spawn_callers(ioc, waiters, park, resumed_one, resumed);
   asio::steady_timer load(ioc, 200ms);
   load.async_wait([&](boost::system::error_code) {
     std::vector<asio::any_completion_handler<void()>> all;
@@ -209,7 +217,7 @@ void cold_start_floor_once(int waiters, std::vector<double>& latency_us) {
     }
   });
   run_threads(ioc);
-  for (auto t : resumed) latency_us.push_back(std::chrono::duration<double, std::micro>(t - woke_at).count());
+  append_latencies(resumed, woke_at, latency_us);
 }
 
 void cold_start_wake() {
