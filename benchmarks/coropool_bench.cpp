@@ -8,15 +8,22 @@
 //                  instant the load ended.
 // starvation       a 1 ms heartbeat timer's lag while 1,000 callers wait.
 // idle_wait_cpu    CPU seconds the process uses while 10,000 callers wait 1 s.
+// roundtrip        C client coroutines in closed loops submit to 4 workers of
+//                  one key (queue 1,024) whose handle returns value + 1:
+//                  requests per second and each request's latency.
+// memory           resident bytes added per queued request and per idle worker.
 //
-// Each runs for impl "coropool" and for "poll50ms", the old system's fixed
-// loop: check has_workers, then sleep 50 ms on a timer. cold_start_wake also
-// runs "asio-floor": the same callers woken with no pool at all.
+// The first three run for impl "coropool" and for "poll50ms", the old
+// system's fixed loop: check has_workers, then sleep 50 ms on a timer.
+// cold_start_wake also runs "asio-floor": the same callers woken with no pool
+// at all. roundtrip also runs "asio-channels": the same workload written by
+// hand with a concurrent_channel request queue and a reply channel per request.
 
 #include <coropool.hpp>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/concurrent_channel.hpp>
 #include <boost/asio/io_context.hpp>
 
 #include <spdlog/sinks/null_sink.h>
@@ -24,11 +31,14 @@
 
 #include <sys/resource.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -315,11 +325,203 @@ void idle_wait_cpu() {
   }
 }
 
+// --- roundtrip ---
+
+struct RoundtripResult {
+  double req_per_s;
+  Percentiles latency;
+};
+
+/// Runs `clients` closed-loop clients, each calling `roundtrip(value)` until
+/// `requests` have been made in all; `ready()` must complete before timing starts.
+template <class Ready, class Roundtrip, class Stop>
+RoundtripResult run_roundtrip(asio::io_context& ioc, int clients, int requests, Ready ready, Roundtrip roundtrip,
+                              Stop stop) {
+  std::atomic<int> next{0};
+  std::atomic<int> clients_left{clients};
+  std::vector<std::vector<double>> latency(static_cast<std::size_t>(clients));
+  clock_type::time_point start;
+  clock_type::time_point end;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        co_await ready();
+        start = clock_type::now();
+        for (int c = 0; c < clients; ++c) {
+          asio::co_spawn(
+              ioc,
+              [&, c]() -> asio::awaitable<void> {
+                auto& mine = latency[static_cast<std::size_t>(c)];
+                mine.reserve(static_cast<std::size_t>(requests / clients + 1));
+                for (int i = next++; i < requests; i = next++) {
+                  const auto t0 = clock_type::now();
+                  const int answer = co_await roundtrip(i);
+                  mine.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
+                  if (answer != i + 1) std::abort();
+                }
+                if (--clients_left == 0) {
+                  end = clock_type::now();
+                  co_await stop();
+                }
+              },
+              asio::detached);
+        }
+      },
+      asio::detached);
+  run_threads(ioc);
+  std::vector<double> all;
+  for (auto& l : latency) all.insert(all.end(), l.begin(), l.end());
+  return {requests / std::chrono::duration<double>(end - start).count(), percentiles(std::move(all))};
+}
+
+constexpr int roundtrip_workers = 4;
+constexpr std::size_t roundtrip_queue = 1024;
+
+RoundtripResult roundtrip_coropool(int clients, int requests) {
+  asio::io_context ioc(io_threads);
+  coropool::PoolConfig config = quiet_config();
+  config.cold_start_workers = roundtrip_workers;
+  config.max_workers_per_key = roundtrip_workers;
+  config.queue_capacity = roundtrip_queue;
+  config.compute_threads = 1;
+  BenchPool pool(ioc, config, timed_loader(1ms, nullptr),
+                 [](Model&, int x) -> asio::awaitable<int> { co_return x + 1; });
+  return run_roundtrip(
+      ioc, clients, requests, [&] { return pool.wait_for_workers("model", 10s); },
+      [&](int i) { return pool.submit("model", i); }, [&] { return pool.async_shutdown(1s, asio::use_awaitable); });
+}
+
+/// The same workload with Asio's own channels and no pool: what a careful
+/// hand-written design reaches.
+RoundtripResult roundtrip_asio_channels(int clients, int requests) {
+  using reply_channel = asio::experimental::concurrent_channel<void(boost::system::error_code, int)>;
+  struct Job {
+    int value;
+    std::shared_ptr<reply_channel> reply;
+  };
+  using request_channel = asio::experimental::concurrent_channel<void(boost::system::error_code, Job)>;
+  asio::io_context ioc(io_threads);
+  request_channel queue(ioc, roundtrip_queue);
+  for (int w = 0; w < roundtrip_workers; ++w) {
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+          // No structured binding of a co_await result: GCC 12 destroys that temporary twice.
+          for (;;) {
+            Job job;
+            try {
+              job = co_await queue.async_receive(asio::use_awaitable);
+            } catch (const boost::system::system_error&) {
+              co_return;  // closed
+            }
+            co_await job.reply->async_send(boost::system::error_code(), job.value + 1, asio::use_awaitable);
+          }
+        },
+        asio::detached);
+  }
+  auto ready = []() -> asio::awaitable<void> { co_return; };
+  auto roundtrip = [&](int i) -> asio::awaitable<int> {
+    auto reply = std::make_shared<reply_channel>(ioc, 1);
+    Job job{i, reply};  // named: GCC 12 destroys a co_await expression's temporaries twice
+    co_await queue.async_send(boost::system::error_code(), std::move(job), asio::use_awaitable);
+    co_return co_await reply->async_receive(asio::use_awaitable);
+  };
+  auto stop = [&]() -> asio::awaitable<void> {
+    queue.close();
+    co_return;
+  };
+  return run_roundtrip(ioc, clients, requests, ready, roundtrip, stop);
+}
+
+void roundtrip() {
+  for (int clients : {1, 16, 256}) {
+    for (bool baseline : {false, true}) {
+      // About a second per row at the rates this machine reaches.
+      const int requests = baseline ? 400'000 : 1'500'000;
+      const auto r = baseline ? roundtrip_asio_channels(clients, requests) : roundtrip_coropool(clients, requests);
+      std::printf(
+          "{\"bench\":\"roundtrip\",\"impl\":\"%s\",\"threads\":%d,\"params\":{\"clients\":%d,\"workers\":%d,"
+          "\"queue\":%zu,\"requests\":%d},\"req_per_s\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
+          baseline ? "asio-channels" : "coropool", io_threads, clients, roundtrip_workers, roundtrip_queue, requests,
+          r.req_per_s, r.latency.p50, r.latency.p99);
+      std::fflush(stdout);
+    }
+  }
+}
+
+// --- memory ---
+
+double resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  double size = 0;
+  double resident = 0;
+  statm >> size >> resident;
+  return resident * static_cast<double>(sysconf(_SC_PAGESIZE));
+}
+
+void memory() {
+  constexpr int queued = 200'000;
+  constexpr int idle_workers = 2'000;
+  double per_request = 0;
+  double per_worker = 0;
+  // Idle workers first: memory the queued requests free later would hide them.
+  {
+    asio::io_context ioc(1);
+    coropool::PoolConfig config = quiet_config();
+    config.cold_start_workers = idle_workers;
+    config.max_workers_per_key = idle_workers;
+    config.compute_threads = 1;
+    asio::steady_timer settle(ioc);
+    const double before = resident_bytes();
+    BenchPool pool(ioc, config, timed_loader(1ms, nullptr), no_handler());
+    pool.async_wait_for_workers("model", 10s, [&](boost::system::error_code) {
+      settle.expires_after(50ms);  // the rest of the wave loads and parks meanwhile
+      settle.async_wait([&](boost::system::error_code) {
+        per_worker = (resident_bytes() - before) / idle_workers;
+        pool.async_shutdown(0s, asio::detached);
+      });
+    });
+    ioc.run();
+  }
+  {
+    // One worker stuck on its first request; the rest queue behind it.
+    asio::io_context ioc(1);
+    coropool::PoolConfig config = quiet_config();
+    config.cold_start_workers = 1;
+    config.max_workers_per_key = 1;
+    config.queue_capacity = queued;
+    config.compute_threads = 1;
+    asio::steady_timer gate(ioc, asio::steady_timer::time_point::max());
+    BenchPool pool(ioc, config, timed_loader(1ms, nullptr), [&](Model&, int x) -> asio::awaitable<int> {
+      co_await gate.async_wait(asio::as_tuple(asio::use_awaitable));
+      co_return x;
+    });
+    pool.async_wait_for_workers("model", 10s, [&](boost::system::error_code) {
+      pool.async_submit("model", -1, [](std::exception_ptr, int) {});
+      ioc.poll();
+      const double before = resident_bytes();
+      for (int i = 0; i < queued; ++i) pool.async_submit("model", i, [](std::exception_ptr, int) {});
+      per_request = (resident_bytes() - before) / queued;
+      gate.cancel();
+      pool.async_shutdown(0s, asio::detached);
+    });
+    ioc.run();
+  }
+  std::printf(
+      "{\"bench\":\"memory\",\"impl\":\"coropool\",\"threads\":1,\"params\":{\"queued\":%d,\"idle_workers\":%d,"
+      "\"request_bytes\":%zu},\"bytes_per_queued_request\":%.0f,\"bytes_per_idle_worker\":%.0f}\n",
+      queued, idle_workers, sizeof(int), per_request, per_worker);
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main(int argc, char* argv[]) {
-  const std::map<std::string, std::function<void()>> workloads{
-      {"cold_start_wake", cold_start_wake}, {"starvation", starvation}, {"idle_wait_cpu", idle_wait_cpu}};
+  const std::map<std::string, std::function<void()>> workloads{{"cold_start_wake", cold_start_wake},
+                                                               {"starvation", starvation},
+                                                               {"idle_wait_cpu", idle_wait_cpu},
+                                                               {"roundtrip", roundtrip},
+                                                               {"memory", memory}};
   std::vector<std::string> chosen(argv + 1, argv + argc);
   if (chosen.empty()) {
     for (const auto& [name, run] : workloads) chosen.push_back(name);

@@ -5,5 +5,7 @@
 
 #include "coropool/config.hpp"
 #include "coropool/error.hpp"
+#include "coropool/offload.hpp"
 #include "coropool/pool.hpp"
+#include "coropool/stream.hpp"
 #include "coropool/version.hpp"

@@ -6,6 +6,9 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
+
+#include <boost/asio/any_io_executor.hpp>
 
 namespace spdlog {
 class logger;
@@ -23,6 +26,30 @@ namespace coropool {
 struct PoolConfig {
   /// Workers a cold key's spawn wave loads at once (at least 1).
   std::size_t cold_start_workers = 2;
+
+  /// The most workers one key may have; scale-up adds one at a time while
+  /// requests queue and every worker is busy (at least `cold_start_workers`).
+  std::size_t max_workers_per_key = 4;
+
+  /// Requests one key's queue holds; a submit beyond it waits for room
+  /// (`async_submit`) or fails with `errc::queue_full` (`async_try_submit`). At least 1.
+  std::size_t queue_capacity = 100;
+
+  /// How long a request may take from its submission to its answer,
+  /// queueing included; then its caller gets `errc::request_timeout` (positive).
+  std::chrono::steady_clock::duration request_timeout = std::chrono::seconds(30);
+
+  /// Chunks a stream buffers between its worker and its reader (at least 1);
+  /// a writer waits for room beyond it.
+  std::size_t stream_buffer = 16;
+
+  /// Threads of the compute executor the pool owns (see `Pool::compute_executor`);
+  /// 0 means one per hardware thread. Unused when `compute_executor` is set.
+  std::size_t compute_threads = 0;
+
+  /// An executor for blocking model code that the user owns; when empty the
+  /// pool creates its own `asio::thread_pool` of `compute_threads` threads.
+  std::optional<boost::asio::any_io_executor> compute_executor;
 
   /// The deadline `wait_for_workers(key)` uses when the caller gives none (positive).
   std::chrono::steady_clock::duration spawn_timeout = std::chrono::seconds(30);

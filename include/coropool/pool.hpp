@@ -7,6 +7,7 @@
 #include "coropool/detail/asio.hpp"
 #include "coropool/detail/pool_core.hpp"
 #include "coropool/error.hpp"
+#include "coropool/stream.hpp"
 
 #include <chrono>
 #include <concepts>
@@ -29,6 +30,15 @@ struct awaitable_value {};
 template <class T, class Executor>
 struct awaitable_value<asio::awaitable<T, Executor>> {
   using type = T;
+};
+
+/// The stream handler of a pool constructed without one: submit_stream()'s
+/// streams end with `errc::invalid_argument`.
+struct no_stream_handler {
+  template <class Model, class Request, class Writer>
+  asio::awaitable<void> operator()(Model&, Request&&, Writer&) const {
+    throw boost::system::system_error(make_error_code(errc::invalid_argument), "coropool: pool has no stream handler");
+  }
 };
 
 }  // namespace detail
@@ -77,22 +87,27 @@ class Pool {
   /// @param load   `(const std::string& key) -> asio::awaitable<Model>`: loads one
   ///               worker's model. May throw; its exception fails that load.
   /// @param handle `(Model&, Request) -> asio::awaitable<Response>`: serves a request.
+  /// @param stream_handle Optional: `(Model&, Request, StreamWriter<Response>&)
+  ///               -> asio::awaitable<void>`: serves submit_stream()'s requests,
+  ///               writing their chunks.
   ///
   /// @throws boost::system::system_error with `errc::invalid_argument` when
-  /// `config` is out of range (no cold-start workers, a non-positive timeout).
-  template <class Executor, class Load, class Handle>
-  requires asio::execution::executor<Executor> || asio::is_executor<Executor>::value Pool(const Executor& ex,
-                                                                                          PoolConfig config, Load load,
-                                                                                          Handle handle)
-      : core_(std::make_shared<detail::pool_core>(executor_type(ex), std::move(config),
-                                                  make_worker_body(std::move(load), std::move(handle)))) {}
+  /// `config` is out of range (no cold-start workers, more of them than
+  /// `max_workers_per_key`, a zero capacity, a non-positive timeout).
+  template <class Executor, class Load, class Handle, class StreamHandle = detail::no_stream_handler>
+  requires asio::execution::executor<Executor> || asio::is_executor<Executor>::value Pool(
+      const Executor& ex, PoolConfig config, Load load, Handle handle, StreamHandle stream_handle = {})
+      : core_(detail::pool_core::create(
+            executor_type(ex), std::move(config),
+            make_worker_body(std::move(load), std::move(handle), std::move(stream_handle)))) {}
 
   /// Constructs a pool on an execution context's executor (an `io_context`, a `thread_pool`).
-  template <class ExecutionContext, class Load, class Handle>
+  template <class ExecutionContext, class Load, class Handle, class StreamHandle = detail::no_stream_handler>
   requires std::is_convertible_v<ExecutionContext&, asio::execution_context&> Pool(ExecutionContext& context,
                                                                                    PoolConfig config, Load load,
-                                                                                   Handle handle)
-      : Pool(context.get_executor(), std::move(config), std::move(load), std::move(handle)) {}
+                                                                                   Handle handle,
+                                                                                   StreamHandle stream_handle = {})
+      : Pool(context.get_executor(), std::move(config), std::move(load), std::move(handle), std::move(stream_handle)) {}
 
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
@@ -118,6 +133,78 @@ class Pool {
 
   /// How many workers of `key` are ready to serve (loaded and not stopping).
   std::size_t worker_count(const std::string& key) const { return core_->ready_workers(key); }
+
+  /// How many workers of `key` exist, loading or serving.
+  std::size_t live_worker_count(const std::string& key) const { return core_->live_workers(key); }
+
+  /// How many requests of `key` wait in its queue for a worker; at most
+  /// `PoolConfig::queue_capacity` (callers waiting for room are not counted).
+  std::size_t queued_requests(const std::string& key) const { return core_->queued_requests(key); }
+
+  /// The executor for blocking model code: `PoolConfig::compute_executor`, or
+  /// the pool's own `asio::thread_pool` of `PoolConfig::compute_threads`
+  /// threads. `load` and `handle` hop onto it and back with coropool::offload.
+  executor_type compute_executor() const noexcept { return core_->compute_executor(); }
+
+  /// Submits a request to one of `key`'s workers and waits for its answer.
+  ///
+  /// A cold key is spawned (one wave, however many submit at once). The
+  /// request joins the key's queue; when the queue holds
+  /// `PoolConfig::queue_capacity` requests, the caller waits for room
+  /// (backpressure). A free worker takes the next request and runs `handle`.
+  ///
+  /// @param key     The key; must not be empty.
+  /// @param request What `handle` receives.
+  /// @param token   The completion token.
+  ///
+  /// @par Completion Signature
+  /// @code void(std::exception_ptr, Response) @endcode
+  /// As `asio::co_spawn`'s: null and the handler's Response, or:
+  /// - the exception `handle` threw, unchanged (the worker serves on);
+  /// - a `boost::system::system_error` with `errc::request_timeout` (no answer
+  ///   within `PoolConfig::request_timeout` of submission, queueing included;
+  ///   a late answer is discarded), `errc::shutting_down` (refused, or still
+  ///   queued at the shutdown deadline), `errc::invalid_argument` (empty key);
+  /// - the wave's spawn_error (`code()` is `errc::spawn_failed`) when the
+  ///   key's loads all failed;
+  /// - a `system_error` with `asio::error::operation_aborted` when the
+  ///   operation was cancelled through its cancellation slot (any type). A
+  ///   queued request is then never handed to `handle`; one being handled
+  ///   has its late answer discarded.
+  /// Response must be default constructible, as for `co_spawn`. The handler
+  /// runs on its associated executor, never inside the pool.
+  ///
+  /// @par Thread Safety
+  /// Any thread.
+  template <class CompletionToken = asio::default_completion_token_t<executor_type>>
+  auto async_submit(std::string key, Request request,
+                    CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
+    return asio::async_initiate<CompletionToken, void(std::exception_ptr, Response)>(
+        submit_initiation{core_.get(), true}, token, std::move(key), std::move(request));
+  }
+
+  /// async_submit() that never waits for room: when the key's queue is full
+  /// it completes at once (on the handler's executor) with `errc::queue_full`.
+  template <class CompletionToken = asio::default_completion_token_t<executor_type>>
+  auto async_try_submit(std::string key, Request request,
+                        CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
+    return asio::async_initiate<CompletionToken, void(std::exception_ptr, Response)>(
+        submit_initiation{core_.get(), false}, token, std::move(key), std::move(request));
+  }
+
+  /// Submits a request and returns the worker's Response.
+  ///
+  /// @throws whatever `handle` threw, unchanged.
+  /// @throws boost::system::system_error for the errors of async_submit(),
+  /// spawn_error when the key's spawn wave failed.
+  asio::awaitable<Response> submit(std::string key, Request request) {
+    return async_submit(std::move(key), std::move(request), asio::use_awaitable);
+  }
+
+  /// submit() that fails at once with `errc::queue_full` instead of waiting for room.
+  asio::awaitable<Response> try_submit(std::string key, Request request) {
+    return async_try_submit(std::move(key), std::move(request), asio::use_awaitable);
+  }
 
   /// Waits until `key` has a worker ready, spawning the key if it is cold.
   ///
@@ -177,15 +264,45 @@ class Pool {
     return wait_for_workers(std::move(key), config().spawn_timeout);
   }
 
+  /// Submits a request whose answer is streamed: the worker's
+  /// `stream_handle` writes chunks that the caller reads from the returned
+  /// Stream, with backpressure both ways (a full queue holds the request
+  /// back; a slow reader holds the writer back).
+  ///
+  /// Returns at once. Everything the pool decides ends the stream in-band,
+  /// after the chunks already written: the stream handler's exception,
+  /// unchanged; `errc::request_timeout` when no worker started the stream
+  /// within `PoolConfig::request_timeout` (once started, a stream runs until
+  /// its handler returns, its reader leaves, or shutdown's deadline);
+  /// `errc::shutting_down`, `errc::invalid_argument`, a spawn_error.
+  /// Destroying the Stream withdraws a queued request, or stops the writer.
+  ///
+  /// @par Thread Safety
+  /// Any thread.
+  Stream<Response> submit_stream(std::string key, Request request) {
+    auto state = std::make_shared<detail::stream_state<Response>>(config().stream_buffer);
+    state->register_with(core_->registry());
+    using op_type = detail::stream_request_op<Request, Response, detail::stream_state<Response>>;
+    boost::intrusive_ptr<op_type> op(new op_type(std::move(request), state));
+    detail::request_ptr r(op);
+    core_->start_submit(std::move(op), key, true);
+    return Stream<Response>(std::move(state), [weak_core = std::weak_ptr<detail::pool_core>(core_), r] {
+      if (auto core = weak_core.lock()) core->cancel_request(*r);
+    });
+  }
+
   /// Shuts the pool down.
   ///
-  /// At once: new waits fail with `errc::shutting_down`, and so do the callers
-  /// waiting now; ready workers are stopped. Loads in flight may finish until
-  /// `deadline` has passed and are then cancelled (per-operation cancellation
-  /// of the loader's coroutine); a load that completes is stopped right away.
+  /// At once: new waits and submits fail with `errc::shutting_down`, and so
+  /// do the callers of wait_for_workers() waiting now. Requests already
+  /// queued still drain to their workers until `deadline`; each worker leaves
+  /// once its key's queue is empty. Loads in flight may finish meanwhile and
+  /// serve. At the deadline every request still queued or being handled
+  /// completes with `errc::shutting_down` (none is dropped) and every worker
+  /// left is cancelled (per-operation cancellation of its coroutine).
   /// Calling it again joins the shutdown under way.
   ///
-  /// @param deadline How long loads in flight may still take.
+  /// @param deadline How long queued requests and loads in flight may still take.
   /// @param token    The completion token.
   ///
   /// @par Completion Signature
@@ -204,32 +321,106 @@ class Pool {
   // I/O object: GCC 12 can destroy a temporary of a co_await expression twice,
   // which is harmless only for trivially destructible initiations.
 
-  template <class Load, class Handle>
-  static detail::pool_core::worker_body make_worker_body(Load load, Handle handle) {
+  using entry_type = detail::request_entry<Request, Response>;
+
+  struct submit_initiation {
+    detail::pool_core* core;
+    bool wait_for_room;
+
+    template <class Handler>
+    void operator()(Handler&& handler, std::string key, Request request) const {
+      using op_type = detail::request_op<Request, Response, std::decay_t<Handler>>;
+      std::decay_t<Handler> h(std::forward<Handler>(handler));
+      boost::intrusive_ptr<op_type> op(new op_type(std::move(request), std::move(h), core->get_executor()));
+      core->start_submit(std::move(op), key, wait_for_room);
+    }
+  };
+
+  template <class Load, class Handle, class StreamHandle>
+  static detail::pool_core::worker_body make_worker_body(Load load, Handle handle, StreamHandle stream_handle) {
     static_assert(std::is_invocable_v<Load&, const std::string&>,
                   "load must be callable as load(const std::string& key)");
     using Model = typename detail::awaitable_value<std::invoke_result_t<Load&, const std::string&>>::type;
     static_assert(std::is_invocable_r_v<asio::awaitable<Response>, Handle&, Model&, Request>,
                   "handle must be callable as handle(Model&, Request) -> asio::awaitable<Response>");
-    return [load = std::move(load), handle = std::move(handle)](std::shared_ptr<detail::pool_core> core,
-                                                                std::shared_ptr<detail::worker_record> w) {
-      return run_worker<Model>(load, std::move(core), std::move(w));
+    static_assert(std::is_default_constructible_v<Response> && std::is_move_constructible_v<Response>,
+                  "Response must be default and move constructible (it completes as co_spawn's result does)");
+    static_assert(std::is_invocable_r_v<asio::awaitable<void>, StreamHandle&, Model&, Request, StreamWriter<Response>&>,
+                  "stream_handle must be callable as stream_handle(Model&, Request, StreamWriter<Response>&) -> "
+                  "asio::awaitable<void>");
+    return [load = std::move(load), handle = std::move(handle), stream_handle = std::move(stream_handle)](
+               std::shared_ptr<detail::pool_core> core, std::shared_ptr<detail::worker_record> w) {
+      return run_worker<Model>(load, handle, stream_handle, std::move(core), std::move(w));
     };
   }
 
-  // The std::function holding `load` lives in the core, which this coroutine keeps alive.
-  template <class Model, class Load>
-  static asio::awaitable<void> run_worker(Load& load, std::shared_ptr<detail::pool_core> core,
+  /// Requests a worker serves one after another without a suspension of its
+  /// own before it yields its thread: a busy key must not starve the rest.
+  static constexpr int serve_burst = 64;
+
+  // `load` and `handle` live in the core's worker_body, which this coroutine keeps alive.
+  template <class Model, class Load, class Handle, class StreamHandle>
+  static asio::awaitable<void> run_worker(Load& load, Handle& handle, StreamHandle& stream_handle,
+                                          std::shared_ptr<detail::pool_core> core,
                                           std::shared_ptr<detail::worker_record> w) {
     if (w->stop_requested.load(std::memory_order_acquire)) co_return;
-    [[maybe_unused]] Model model = co_await load(w->key->name);  // owned until the worker ends
+    Model model = co_await load(w->key->name);  // owned until the worker ends
     core->worker_loaded(w);
-    if (w->stop_requested.load(std::memory_order_acquire)) co_return;
-    // Serving arrives with the request path; until then a ready worker holds its
-    // model and parks on a timer that never fires by itself: a stop cancels it.
-    detail::timer_type idle(co_await asio::this_coro::executor, detail::timer_type::time_point::max());
-    co_await idle.async_wait(asio::as_tuple(asio::use_awaitable));
+    int burst = 0;
+    for (;;) {
+      detail::request_ptr r = core->take_request(*w);
+      if (r && ++burst == serve_burst) {
+        burst = 0;
+        co_await asio::post(w->strand, asio::use_awaitable);
+      } else if (!r) {
+        burst = 0;
+        r = co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(detail::request_ptr)>(
+            park_initiation{core.get(), w.get()}, asio::use_awaitable);
+        if (!r) co_return;  // stopped, or the key closed and drained
+      }
+      auto& entry = static_cast<entry_type&>(*r);
+      if (auto* stream = entry.stream()) {
+        // Once started a stream is its reader's: timeouts and cancellation no longer apply.
+        if (!core->claim_answer(entry)) continue;
+        co_await serve_stream(model, stream_handle, entry.request, *stream, *w);
+        continue;
+      }
+      std::exception_ptr error;
+      Response response{};
+      try {
+        response = co_await handle(model, std::move(entry.request));
+      } catch (...) {
+        error = std::current_exception();
+      }
+      if (core->claim_answer(entry)) entry.complete(std::move(error), std::move(response));
+    }
   }
+
+  template <class Model, class StreamHandle>
+  static asio::awaitable<void> serve_stream(Model& model, StreamHandle& stream_handle, Request& request,
+                                            detail::stream_state<Response>& stream, detail::worker_record& w) {
+    std::exception_ptr error;
+    try {
+      StreamWriter<Response> writer(stream.shared_from_this());
+      co_await stream_handle(model, std::move(request), writer);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    if (error && w.stop_requested.load(std::memory_order_acquire)) {
+      error = std::make_exception_ptr(boost::system::system_error(make_error_code(errc::shutting_down)));
+    }
+    stream.end(std::move(error));
+  }
+
+  struct park_initiation {
+    detail::pool_core* core;
+    detail::worker_record* worker;
+
+    template <class Handler>
+    void operator()(Handler&& handler) const {
+      core->park(*worker, std::forward<Handler>(handler));
+    }
+  };
 
   std::shared_ptr<detail::pool_core> core_;
 };

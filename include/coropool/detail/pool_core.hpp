@@ -2,20 +2,29 @@
 
 #include "coropool/config.hpp"
 #include "coropool/detail/asio.hpp"
+#include "coropool/detail/registry.hpp"
+#include "coropool/detail/request.hpp"
 #include "coropool/detail/waiter.hpp"
 #include "coropool/error.hpp"
 
 #include <spdlog/logger.h>
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/execution/context.hpp>
+#include <boost/asio/query.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -46,25 +55,57 @@ struct worker_record {
 
   // Pool strand only.
   bool ready = false;
+
+  // Guarded by the key's mutex: the worker's coroutine while it waits for a
+  // request (it is then among the key's idle workers). Like a pending
+  // operation, it keeps its executor's work count up meanwhile.
+  std::unique_ptr<completion<request_ptr>> parked;
 };
 
-/// Everything the pool knows of one key. `ready_workers` is read from any
-/// thread; the rest only on the pool strand.
+/// Everything the pool knows of one key. The atomics are read from any
+/// thread; the spawn state only on the pool strand; the request path under
+/// `mutex`, which is never held across a suspension or while user code runs.
 struct key_state {
-  explicit key_state(std::string key_name) : name(std::move(key_name)) {}
+  key_state(std::string key_name, const executor& ex) : name(std::move(key_name)), timeout_timer(ex) {}
+  key_state(const key_state&) = delete;
+  key_state& operator=(const key_state&) = delete;
+
+  ~key_state() {
+    // Requests still here were abandoned with their execution context.
+    queue.clear();
+    room_waiters.clear();
+    outstanding.clear_and_dispose([](request_base* r) { intrusive_ptr_release(r); });
+  }
 
   const std::string name;
   std::atomic<std::size_t> ready_workers{0};
+  std::atomic<std::size_t> live_workers{0};  // loading or serving
+  std::atomic<bool> attention_pending{false};
 
-  std::size_t loading = 0;  // loads in flight: the current spawn wave
+  // Pool strand only.
+  std::size_t loading = 0;  // loads in flight: the current spawn wave or scale-up
   std::exception_ptr last_failure;
   std::list<waiter_group> waiters;
   std::vector<std::shared_ptr<worker_record>> workers;
+
+  // The request path, guarded by `mutex`. A request is in `outstanding`
+  // (which holds a reference to it) from its acceptance until it is done,
+  // and meanwhile in `room_waiters`, in `queue`, or in a worker's hands.
+  // Invariants: idle workers only when `queue` is empty; room waiters only
+  // when `queue` is full.
+  std::mutex mutex;
+  request_list room_waiters;
+  request_list queue;
+  deadline_list outstanding;
+  std::vector<worker_record*> idle;
+  bool closed = false;  // shutdown: no new requests; workers leave once the queue is empty
+  bool timer_armed = false;
+  timer_type timeout_timer;  // the deadline of the oldest outstanding request
 };
 
 /// The shared state of a Pool. Its coroutines and handlers hold it by
 /// shared_ptr, so it outlives the Pool object until the last of them is done.
-class pool_core : public std::enable_shared_from_this<pool_core> {
+class pool_core final : public std::enable_shared_from_this<pool_core>, public abandonable {
  public:
   /// The coroutine one worker runs: load the model, report it, serve until stopped.
   using worker_body = std::function<asio::awaitable<void>(std::shared_ptr<pool_core>, std::shared_ptr<worker_record>)>;
@@ -76,13 +117,53 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
         log_(config_.logger ? config_.logger : spdlog::default_logger()),
         body_(std::move(body)),
         shutdown_timer_(strand_) {
-    if (config_.cold_start_workers == 0 || config_.spawn_timeout <= clock::duration::zero()) {
+    if (config_.cold_start_workers == 0 || config_.max_workers_per_key < config_.cold_start_workers ||
+        config_.queue_capacity == 0 || config_.stream_buffer == 0 || config_.spawn_timeout <= clock::duration::zero() ||
+        config_.request_timeout <= clock::duration::zero()) {
       throw boost::system::system_error(make_error_code(errc::invalid_argument), "coropool::PoolConfig");
+    }
+    if (config_.compute_executor) {
+      compute_executor_ = *config_.compute_executor;
+    } else {
+      const std::size_t n = config_.compute_threads ? config_.compute_threads : std::thread::hardware_concurrency();
+      compute_pool_.emplace(std::max<std::size_t>(n, 1));
+      compute_executor_ = compute_pool_->get_executor();
     }
   }
 
+  /// Makes the pool known to its execution context, whose destruction then
+  /// abandons what the pool holds parked (see abandonable).
+  static std::shared_ptr<pool_core> create(executor ex, PoolConfig config, worker_body body) {
+    auto core = std::make_shared<pool_core>(ex, std::move(config), std::move(body));
+    auto& registry = asio::use_service<pool_registry>(asio::query(ex, asio::execution::context));
+    registry.add(core);
+    core->registry_.store(&registry, std::memory_order_release);
+    return core;
+  }
+
+  ~pool_core() {
+    if (auto* registry = registry_.load(std::memory_order_acquire)) registry->remove(this);
+    // The owned compute pool joins its threads here. Every worker has finished
+    // by now, and with them every offload of theirs: the threads are idle.
+  }
+
+  const executor& compute_executor() const noexcept { return compute_executor_; }
+
   const executor& get_executor() const noexcept { return executor_; }
   const PoolConfig& config() const noexcept { return config_; }
+
+  /// Requests of `key` waiting for a worker (not counting those waiting for room).
+  std::size_t queued_requests(const std::string& key) const {
+    key_state* k = find_key(key);
+    if (!k) return 0;
+    std::lock_guard lock(k->mutex);
+    return k->queue.size();
+  }
+
+  std::size_t live_workers(const std::string& key) const {
+    key_state* k = find_key(key);
+    return k ? k->live_workers.load(std::memory_order_acquire) : 0;
+  }
 
   std::size_t ready_workers(const std::string& key) const {
     std::lock_guard lock(keys_mutex_);
@@ -110,6 +191,77 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     });
   }
 
+  /// Submits a request; callable from any thread. `wait_for_room` picks
+  /// backpressure over `queue_full` when the key's queue is full.
+  template <class Op>
+  void start_submit(boost::intrusive_ptr<Op> op, const std::string& key, bool wait_for_room) {
+    if (key.empty()) return refuse(*op, errc::invalid_argument);
+    if (stopping_flag_.load(std::memory_order_acquire)) return refuse(*op, errc::shutting_down);
+    key_state& k = key_for(key);
+    op->key = &k;
+    if constexpr (requires { op->handler(); }) {
+      // Assigned before the request is published: once it is, a worker may complete it on another thread.
+      auto slot = asio::get_associated_cancellation_slot(op->handler());
+      if (slot.is_connected()) {
+        slot.assign([weak_core = weak_from_this(), r = request_ptr(op)](asio::cancellation_type) {
+          if (auto core = weak_core.lock()) core->cancel_request(*r);
+        });
+      }
+    }
+    enqueue(k, request_ptr(std::move(op)), wait_for_room);
+  }
+
+  /// Withdraws a request: completes it with `operation_aborted` unless it is done.
+  void cancel_request(request_base& r) {
+    if (!r.key) return;  // refused before it reached a key: done already
+    {
+      std::lock_guard lock(r.key->mutex);
+      if (r.state == request_base::phase::done) return;
+      claim_locked(*r.key, r);  // the caller's reference keeps r alive
+    }
+    r.fail(asio::error::operation_aborted, nullptr);
+  }
+
+  pool_registry* registry() const noexcept { return registry_.load(std::memory_order_acquire); }
+
+  /// A worker's next request, if one is queued; never suspends.
+  request_ptr take_request(worker_record& w) {
+    key_state& k = *w.key;
+    std::lock_guard lock(k.mutex);
+    if (k.queue.empty() || w.stop_requested.load(std::memory_order_relaxed)) return nullptr;
+    return pop_queue_locked(k);
+  }
+
+  /// Parks a worker until a request arrives; it is handed null when it is to
+  /// leave (stopped, or its key closed and drained). Runs on the worker's strand.
+  template <class Handler>
+  void park(worker_record& w, Handler&& handler) {
+    key_state& k = *w.key;
+    request_ptr r;
+    {
+      std::lock_guard lock(k.mutex);
+      const bool stop = w.stop_requested.load(std::memory_order_relaxed);
+      if (!k.queue.empty() && !stop) {
+        r = pop_queue_locked(k);
+      } else if (!k.closed && !stop) {
+        w.parked = std::make_unique<completion_op<std::decay_t<Handler>, request_ptr>>(std::forward<Handler>(handler),
+                                                                                       executor_);
+        k.idle.push_back(&w);
+        return;
+      }
+    }
+    asio::defer(w.strand, asio::append(std::forward<Handler>(handler), std::move(r)));
+  }
+
+  /// Whether a worker's answer to `r` goes to the caller: false when the
+  /// request was completed meanwhile (timed out, cancelled, shut down).
+  bool claim_answer(request_base& r) {
+    std::lock_guard lock(r.key->mutex);
+    if (r.state == request_base::phase::done) return false;
+    claim_locked(*r.key, r);  // the worker's reference keeps r alive
+    return true;
+  }
+
   /// Starts shutdown, or joins one already started; `handler` (which may be
   /// empty) completes when every coroutine of the pool has finished.
   template <class Handler>
@@ -131,13 +283,209 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   }
 
  private:
+  // --- the request path: any thread, under the key's mutex where it says _locked ---
+
+  void enqueue(key_state& k, request_ptr r, bool wait_for_room) {
+    using phase = request_base::phase;
+    error_code refused;
+    worker_record* woken = nullptr;
+    std::unique_ptr<completion<request_ptr>> wake;
+    bool attend_key = false;
+    {
+      std::lock_guard lock(k.mutex);
+      if (k.closed) {
+        refused = errc::shutting_down;
+      } else if (!k.idle.empty()) {
+        // A parked worker takes it directly: the queue is empty whenever one is parked.
+        woken = k.idle.back();
+        k.idle.pop_back();
+        wake = std::move(woken->parked);
+        r->state = phase::in_flight;
+      } else if (k.queue.size() < config_.queue_capacity) {
+        r->state = phase::queued;
+        k.queue.push_back(*r);
+      } else if (wait_for_room) {
+        r->state = phase::waiting_room;
+        k.room_waiters.push_back(*r);
+      } else {
+        refused = errc::queue_full;
+      }
+      if (refused) {
+        r->state = phase::done;  // under the lock: a cancellation may look at it as soon as we unlock
+      } else {
+        r->deadline = clock::now() + config_.request_timeout;
+        k.outstanding.push_back(*r);
+        intrusive_ptr_add_ref(r.get());
+        if (!k.timer_armed) arm_request_timer_locked(k, r->deadline);
+        // Cold, or busy with room to grow: the strand decides (one post at a time per key).
+        attend_key = !woken &&
+                     (k.ready_workers.load(std::memory_order_relaxed) == 0 ||
+                      k.live_workers.load(std::memory_order_relaxed) < config_.max_workers_per_key) &&
+                     !k.attention_pending.exchange(true, std::memory_order_acq_rel);
+      }
+    }
+    if (refused) return r->fail(refused, nullptr);
+    if (wake) wake->complete(std::move(r));
+    if (attend_key) asio::post(strand_, [self = shared_from_this(), k = &k] { self->attend(*k); });
+  }
+
+  /// Fails a request that was never accepted; nothing else can hold it yet.
+  static void refuse(request_base& r, error_code ec) {
+    r.state = request_base::phase::done;
+    r.fail(ec, nullptr);
+  }
+
+  request_ptr pop_queue_locked(key_state& k) {
+    request_base& r = k.queue.front();
+    k.queue.pop_front();
+    r.state = request_base::phase::in_flight;
+    promote_room_waiter_locked(k);
+    return request_ptr(&r);
+  }
+
+  void promote_room_waiter_locked(key_state& k) {
+    if (k.room_waiters.empty() || k.queue.size() >= config_.queue_capacity) return;
+    request_base& r = k.room_waiters.front();
+    k.room_waiters.pop_front();
+    r.state = request_base::phase::queued;
+    k.queue.push_back(r);
+  }
+
+  /// Marks `r` done and takes it off every list. The caller holds a reference
+  /// of its own, so dropping the list's cannot destroy it under the lock.
+  void claim_locked(key_state& k, request_base& r) {
+    using phase = request_base::phase;
+    if (r.state == phase::queued) {
+      k.queue.erase(k.queue.iterator_to(r));
+      promote_room_waiter_locked(k);
+    } else if (r.state == phase::waiting_room) {
+      k.room_waiters.erase(k.room_waiters.iterator_to(r));
+    }
+    r.state = phase::done;
+    k.outstanding.erase(k.outstanding.iterator_to(r));
+    intrusive_ptr_release(&r);
+  }
+
+  /// Claims every outstanding request of `k` (or only those due by `due`).
+  std::vector<request_ptr> claim_all_locked(key_state& k, std::optional<clock::time_point> due = std::nullopt) {
+    std::vector<request_ptr> claimed;
+    while (!k.outstanding.empty() && (!due || k.outstanding.front().deadline <= *due)) {
+      claimed.emplace_back(&k.outstanding.front());
+      claim_locked(k, *claimed.back());
+    }
+    return claimed;
+  }
+
+  /// Fails every outstanding request of `k`; none is dropped.
+  void fail_requests(key_state& k, error_code ec, const std::exception_ptr& error = nullptr) {
+    std::vector<request_ptr> claimed;
+    {
+      std::lock_guard lock(k.mutex);
+      claimed = claim_all_locked(k);
+    }
+    for (auto& r : claimed) r->fail(ec, error);
+  }
+
+  /// Requests share the pool's request_timeout, so deadlines come in the
+  /// order of submission: one timer per key, at the oldest, covers them all.
+  /// It is left armed when the requests finish early: it then fires once,
+  /// finds nothing due, and is not re-armed.
+  void arm_request_timer_locked(key_state& k, clock::time_point at) {
+    k.timer_armed = true;
+    k.timeout_timer.expires_at(at);
+    k.timeout_timer.async_wait([self = shared_from_this(), k = &k](error_code ec) {
+      if (!ec) self->on_request_timer(*k);
+    });
+  }
+
+  void on_request_timer(key_state& k) {
+    std::vector<request_ptr> expired;
+    {
+      std::lock_guard lock(k.mutex);
+      k.timer_armed = false;
+      expired = claim_all_locked(k, clock::now());
+      if (!k.outstanding.empty()) arm_request_timer_locked(k, k.outstanding.front().deadline);
+    }
+    if (!expired.empty()) log_->debug("coropool: {} request(s) of key '{}' timed out", expired.size(), k.name);
+    for (auto& r : expired) r->fail(errc::request_timeout, nullptr);
+  }
+
+  /// Hands a parked worker null, which makes it leave.
+  void release_parked_locked(worker_record& w, std::vector<worker_record*>& released) {
+    auto it = std::find(w.key->idle.begin(), w.key->idle.end(), &w);
+    if (it == w.key->idle.end()) return;
+    w.key->idle.erase(it);
+    released.push_back(&w);
+  }
+
+  static void wake_released(std::vector<worker_record*>& released) {
+    for (worker_record* w : released) {
+      std::exchange(w->parked, nullptr)->complete(request_ptr());
+    }
+  }
+
+  /// The execution context is being destroyed: drop every parked worker and
+  /// every request's handler without calling them, as Asio drops its own
+  /// pending operations, so the coroutines they own are destroyed.
+  void abandon() noexcept override {
+    registry_.store(nullptr, std::memory_order_release);
+    for (key_state* k : all_keys()) {
+      std::vector<request_ptr> claimed;
+      std::vector<std::unique_ptr<completion<request_ptr>>> parked;
+      {
+        std::lock_guard lock(k->mutex);
+        claimed = claim_all_locked(*k);
+        for (worker_record* w : std::exchange(k->idle, {})) {
+          parked.push_back(std::move(w->parked));
+        }
+      }
+      for (auto& r : claimed) r->abandon();
+    }
+  }
+
   // --- everything below runs on strand_ ---
+
+  /// Spawns what a key's requests need: a wave when it is cold, one more
+  /// worker when requests queue and every worker is busy.
+  void attend(key_state& k) {
+    k.attention_pending.store(false, std::memory_order_release);
+    if (stopping_) return;
+    bool backlog = false;
+    bool idle = false;
+    {
+      std::lock_guard lock(k.mutex);
+      backlog = !k.queue.empty() || !k.room_waiters.empty();
+      idle = !k.idle.empty();
+    }
+    if (!backlog) return;
+    if (k.ready_workers.load(std::memory_order_relaxed) == 0) return ensure_spawning(k);
+    if (!idle && k.loading == 0 && k.workers.size() < config_.max_workers_per_key) {
+      log_->info("coropool: key '{}' is busy, adding worker {} of at most {}", k.name, k.workers.size() + 1,
+                 config_.max_workers_per_key);
+      spawn_worker(k);
+    }
+  }
+
+  key_state* find_key(const std::string& name) const {
+    std::lock_guard lock(keys_mutex_);
+    auto it = keys_.find(name);
+    return it == keys_.end() ? nullptr : it->second.get();
+  }
 
   key_state& key_for(const std::string& name) {
     std::lock_guard lock(keys_mutex_);
     auto& slot = keys_[name];
-    if (!slot) slot = std::make_shared<key_state>(name);
+    if (!slot) slot = std::make_shared<key_state>(name, executor_);
     return *slot;
+  }
+
+  /// Every key, for the strand's sweeps: keys_ grows under its mutex from any thread.
+  std::vector<key_state*> all_keys() const {
+    std::lock_guard lock(keys_mutex_);
+    std::vector<key_state*> keys;
+    keys.reserve(keys_.size());
+    for (auto& [name, k] : keys_) keys.push_back(k.get());
+    return keys;
   }
 
   void register_waiter(std::shared_ptr<waiter> w, const std::string& key, clock::duration timeout) {
@@ -228,6 +576,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     k.workers.push_back(w);
     ++k.loading;
     ++live_workers_;
+    k.live_workers.fetch_add(1, std::memory_order_release);
     asio::co_spawn(
         w->strand, body_(shared_from_this(), w),
         asio::bind_cancellation_slot(
@@ -242,15 +591,17 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     --k.loading;
     w->ready = true;
     k.ready_workers.fetch_add(1, std::memory_order_release);
-    if (stopping_) return request_stop(w);
-    finish_all(k, {});  // wake first, then log
+    if (stopping_) return;  // it serves what its key still has queued, then leaves
+    finish_all(k, {});      // wake first, then log
     log_->info("coropool: key '{}' worker {} ready", k.name, w->id);
+    attend(k);
   }
 
   void on_exit(const std::shared_ptr<worker_record>& w, const std::exception_ptr& e) {
     key_state& k = *w->key;
     std::erase(k.workers, w);
     --live_workers_;
+    k.live_workers.fetch_sub(1, std::memory_order_release);
     if (w->ready) {
       k.ready_workers.fetch_sub(1, std::memory_order_release);
     } else {
@@ -259,42 +610,81 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
         k.last_failure = e ? e : std::make_exception_ptr(std::runtime_error("loader ended without a model"));
         log_->warn("coropool: key '{}' worker {} failed to load: {}", k.name, w->id,
                    spawn_error::describe(k.last_failure));
-        if (k.loading == 0 && k.ready_workers.load(std::memory_order_relaxed) == 0) {
-          finish_all(k, errc::spawn_failed, std::make_exception_ptr(spawn_error(k.name, k.last_failure)));
-        }
+      }
+    }
+    if (k.loading == 0 && k.ready_workers.load(std::memory_order_relaxed) == 0) {
+      // Nobody is left to serve this key's requests, nor about to be.
+      if (stopping_) {
+        fail_requests(k, errc::shutting_down);
+      } else if (!w->ready) {
+        auto error = std::make_exception_ptr(spawn_error(k.name, k.last_failure));
+        finish_all(k, errc::spawn_failed, error);
+        fail_requests(k, errc::spawn_failed, error);
+      } else {
+        attend(k);  // a worker that served is gone: requests still queued get a new wave
       }
     }
     if (stopping_ && live_workers_ == 0) finish_shutdown();
   }
 
-  /// Cancels whatever the worker awaits (its load or its idle wait). The
-  /// signal is emitted on the worker's own strand, where its coroutine runs.
+  /// Stops a worker now: a parked one is handed null, and whatever it awaits
+  /// (its load, its handler's operation) is cancelled. The signal is emitted
+  /// on the worker's own strand, where its coroutine runs.
   void request_stop(const std::shared_ptr<worker_record>& w) {
     w->stop_requested.store(true, std::memory_order_release);
+    std::vector<worker_record*> released;
+    {
+      std::lock_guard lock(w->key->mutex);
+      release_parked_locked(*w, released);
+    }
+    wake_released(released);
     asio::post(w->strand, [w] {
       if (!w->finished) w->stop_signal.emit(asio::cancellation_type::terminal);
     });
   }
 
-  void shutdown(clock::duration load_deadline, std::unique_ptr<completion<error_code>> op) {
+  /// Shutdown, step one: close every key. Queued requests still drain to
+  /// their workers, which leave once their key's queue is empty.
+  void close_keys() {
+    for (key_state* k : all_keys()) {
+      finish_all(*k, errc::shutting_down);
+      std::vector<worker_record*> released;
+      {
+        std::lock_guard lock(k->mutex);
+        k->closed = true;
+        for (worker_record* w : std::vector<worker_record*>(k->idle)) release_parked_locked(*w, released);
+      }
+      wake_released(released);
+      if (k->loading == 0 && k->ready_workers.load(std::memory_order_relaxed) == 0) {
+        fail_requests(*k, errc::shutting_down);  // nobody will serve them
+      }
+    }
+  }
+
+  /// Shutdown, at the deadline: what is left fails with shutting_down and
+  /// every worker, loading or serving, is stopped.
+  void abandon_work() {
+    for (key_state* k : all_keys()) {
+      fail_requests(*k, errc::shutting_down);
+      for (auto& w : k->workers) request_stop(w);
+    }
+  }
+
+  void shutdown(clock::duration deadline, std::unique_ptr<completion<error_code>> op) {
     if (op) shutdown_ops_.push_back(std::move(op));
     if (!stopping_) {
       stopping_ = true;
+      stopping_flag_.store(true, std::memory_order_release);
       log_->info("coropool: shutting down ({} worker(s) running)", live_workers_);
-      // keys_ changes only on this strand: reading it here needs no lock.
-      for (auto& [name, k] : keys_) {
-        finish_all(*k, errc::shutting_down);
-        for (auto& w : k->workers) {
-          if (w->ready || load_deadline <= clock::duration::zero()) request_stop(w);
-        }
-      }
-      if (live_workers_ > 0 && load_deadline > clock::duration::zero()) {
-        // Loads in flight may finish until the deadline; then they are cancelled.
-        shutdown_timer_.expires_after(load_deadline);
+      close_keys();
+      if (deadline <= clock::duration::zero()) {
+        abandon_work();
+      } else if (live_workers_ > 0) {
+        shutdown_timer_.expires_after(deadline);
         shutdown_timer_.async_wait([self = shared_from_this()](error_code ec) {
           if (ec) return;
-          for (auto& [name, k] : self->keys_)
-            for (auto& w : k->workers) self->request_stop(w);
+          self->log_->info("coropool: shutdown deadline reached, stopping {} worker(s)", self->live_workers_);
+          self->abandon_work();
         });
       }
     }
@@ -303,6 +693,10 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 
   void finish_shutdown() {
     shutdown_timer_.cancel();
+    for (key_state* k : all_keys()) {
+      std::lock_guard lock(k->mutex);
+      k->timeout_timer.cancel();  // nothing is outstanding: let the timer's handler release the core
+    }
     auto ops = std::exchange(shutdown_ops_, {});
     if (!ops.empty()) log_->info("coropool: shut down");
     for (auto& op : ops) op->complete(error_code{});
@@ -318,6 +712,11 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   // written only on the strand and never held across a suspension.
   mutable std::mutex keys_mutex_;
   std::unordered_map<std::string, std::shared_ptr<key_state>> keys_;
+
+  std::atomic<bool> stopping_flag_{false};  // stopping_, for submitters on any thread
+  std::atomic<pool_registry*> registry_{nullptr};
+  std::optional<asio::thread_pool> compute_pool_;
+  executor compute_executor_;
 
   bool stopping_ = false;
   std::size_t live_workers_ = 0;

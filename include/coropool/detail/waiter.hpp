@@ -45,8 +45,11 @@ class completion {
 template <class Handler, class... Args>
 class completion_op final : public completion<Args...> {
  public:
-  completion_op(Handler&& handler, const executor& fallback)
-      : work_(make_handler_work(handler, fallback)), handler_(std::move(handler)) {}
+  template <class H>
+  completion_op(H&& handler, const executor& fallback)
+      : work_(make_handler_work(handler, fallback)), handler_(std::forward<H>(handler)) {}
+
+  Handler& handler() noexcept { return handler_; }
 
   void complete(Args... args) override { defer_completion(std::move(work_), std::move(handler_), std::move(args)...); }
 

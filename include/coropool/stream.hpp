@@ -1,0 +1,304 @@
+#pragma once
+
+/// @file
+/// `coropool::Stream` and `coropool::StreamWriter`: a streamed response, chunk by chunk.
+
+#include "coropool/detail/asio.hpp"
+#include "coropool/detail/registry.hpp"
+#include "coropool/detail/waiter.hpp"
+#include "coropool/error.hpp"
+
+#include <cstddef>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <utility>
+
+namespace coropool {
+
+namespace detail {
+
+/// The bounded buffer between one writer (a worker) and one reader (the
+/// caller), on any threads. The end of a stream, or its error, is kept apart
+/// from the chunks and delivered after the last of them: it never waits for
+/// room and never discards a buffered chunk.
+template <class Chunk>
+class stream_state final : public abandonable, public std::enable_shared_from_this<stream_state<Chunk>> {
+ public:
+  explicit stream_state(std::size_t capacity) : capacity_(capacity) {}
+
+  ~stream_state() {
+    if (registry_) registry_->remove(this);
+  }
+
+  /// A parked reader's coroutine owns the Stream that owns this state: the
+  /// execution context's destruction must break that cycle (see abandonable).
+  void register_with(pool_registry* registry) {
+    if (!registry) return;
+    registry_ = registry;
+    registry->add(this->shared_from_this());
+  }
+
+  void abandon() noexcept override {
+    std::unique_ptr<completion<error_code>> writer;
+    std::unique_ptr<completion<std::exception_ptr, std::optional<Chunk>>> reader;
+    {
+      std::lock_guard lock(mutex_);
+      registry_ = nullptr;
+      writer = std::move(writer_);
+      reader = std::move(reader_);
+    }
+  }
+
+  /// Completes `void(error_code)`: success once the chunk is buffered (or
+  /// handed to a waiting reader); `operation_aborted` when the reader left,
+  /// the stream already ended, or the write was cancelled.
+  template <class Handler>
+  void write(Chunk&& chunk, Handler&& handler, const executor& fallback) {
+    auto op =
+        std::make_unique<completion_op<std::decay_t<Handler>, error_code>>(std::forward<Handler>(handler), fallback);
+    std::unique_ptr<completion<std::exception_ptr, std::optional<Chunk>>> reader;
+    error_code result;
+    {
+      std::lock_guard lock(mutex_);
+      if (ended_ || reader_gone_ || writer_) {
+        result = asio::error::operation_aborted;
+      } else if (reader_) {
+        reader = std::move(reader_);  // the buffer is empty whenever a reader waits
+      } else if (buffer_.size() < capacity_) {
+        buffer_.push_back(std::move(chunk));
+      } else {
+        pending_.emplace(std::move(chunk));
+        assign_write_cancellation(*op);
+        writer_ = std::move(op);
+        return;
+      }
+    }
+    if (reader) reader->complete(nullptr, std::optional<Chunk>(std::move(chunk)));
+    op->complete(result);
+  }
+
+  /// Completes `void(std::exception_ptr, std::optional<Chunk>)`: the next
+  /// chunk; nullopt at the end; the stream's error after its last chunk.
+  template <class Handler>
+  void read(Handler&& handler, const executor& fallback) {
+    auto op = std::make_unique<completion_op<std::decay_t<Handler>, std::exception_ptr, std::optional<Chunk>>>(
+        std::forward<Handler>(handler), fallback);
+    std::unique_ptr<completion<error_code>> writer;
+    std::optional<Chunk> chunk;
+    std::exception_ptr error;
+    {
+      std::lock_guard lock(mutex_);
+      if (!buffer_.empty()) {
+        chunk.emplace(std::move(buffer_.front()));
+        buffer_.pop_front();
+        if (writer_) {  // room now: the waiting writer's chunk joins the buffer
+          buffer_.push_back(std::move(*pending_));
+          pending_.reset();
+          writer = std::move(writer_);
+        }
+      } else if (ended_) {
+        error = error_;
+      } else if (reader_gone_ || reader_) {
+        error = std::make_exception_ptr(boost::system::system_error(asio::error::operation_aborted));
+      } else {
+        reader_ = std::move(op);
+        return;
+      }
+    }
+    if (writer) writer->complete(error_code());
+    op->complete(std::move(error), std::move(chunk));
+  }
+
+  /// Ends the stream, once: with `error`, or normally when it is null. A
+  /// waiting writer is stopped; the reader gets the buffered chunks first.
+  /// Returns false when the stream had already ended.
+  bool end(std::exception_ptr error) {
+    std::unique_ptr<completion<error_code>> writer;
+    std::unique_ptr<completion<std::exception_ptr, std::optional<Chunk>>> reader;
+    {
+      std::lock_guard lock(mutex_);
+      if (ended_) return false;
+      ended_ = true;
+      error_ = error;
+      writer = std::move(writer_);
+      pending_.reset();
+      if (buffer_.empty()) reader = std::move(reader_);
+    }
+    if (writer) writer->complete(asio::error::operation_aborted);
+    if (reader) reader->complete(std::move(error), std::nullopt);
+    return true;
+  }
+
+  /// The reader left: buffered chunks are dropped and the writer is stopped.
+  void leave() {
+    std::unique_ptr<completion<error_code>> writer;
+    {
+      std::lock_guard lock(mutex_);
+      reader_gone_ = true;
+      buffer_.clear();
+      pending_.reset();
+      writer = std::move(writer_);
+    }
+    if (writer) writer->complete(asio::error::operation_aborted);
+  }
+
+  bool reader_gone() const {
+    std::lock_guard lock(mutex_);
+    return reader_gone_;
+  }
+
+ private:
+  // A worker's coroutine is cancelled (shutdown's deadline) while it waits for room.
+  template <class Op>
+  void assign_write_cancellation(Op& op) {
+    auto slot = asio::get_associated_cancellation_slot(op.handler());
+    if (!slot.is_connected()) return;
+    // A weak reference: a slot keeps its handler until its owner's next operation replaces it.
+    slot.assign([weak = this->weak_from_this()](asio::cancellation_type) {
+      if (auto self = weak.lock()) self->stop_writer();
+    });
+  }
+
+  void stop_writer() {
+    std::unique_ptr<completion<error_code>> writer;
+    {
+      std::lock_guard lock(mutex_);
+      writer = std::move(writer_);
+      pending_.reset();
+    }
+    if (writer) writer->complete(asio::error::operation_aborted);
+  }
+
+  mutable std::mutex mutex_;
+  const std::size_t capacity_;
+  pool_registry* registry_ = nullptr;
+  std::deque<Chunk> buffer_;
+  std::optional<Chunk> pending_;  // the waiting writer's chunk
+  std::unique_ptr<completion<error_code>> writer_;
+  std::unique_ptr<completion<std::exception_ptr, std::optional<Chunk>>> reader_;
+  bool ended_ = false;
+  bool reader_gone_ = false;
+  std::exception_ptr error_;
+};
+
+}  // namespace detail
+
+/// The worker's end of a stream: what a stream handler writes its chunks to.
+///
+/// @par Thread Safety
+/// One writer: the worker's coroutine.
+template <class Chunk>
+class StreamWriter {
+ public:
+  explicit StreamWriter(std::shared_ptr<detail::stream_state<Chunk>> state) : state_(std::move(state)) {}
+
+  /// Writes one chunk, waiting while the reader's buffer is full (a slow
+  /// reader slows the writer; nothing is buffered beyond
+  /// `PoolConfig::stream_buffer` chunks).
+  ///
+  /// @throws boost::system::system_error with `asio::error::operation_aborted`
+  /// when the reader has left (destroyed its Stream) or the pool stopped the
+  /// worker: let it propagate, and the worker is free for the next request.
+  asio::awaitable<void> write(Chunk chunk) {
+    return asio::async_initiate<const asio::use_awaitable_t<>&, void(error_code)>(
+        write_initiation{state_.get()}, asio::use_awaitable, std::move(chunk));
+  }
+
+  /// Whether the reader has left; a generator may check it between costly steps.
+  bool reader_gone() const { return state_->reader_gone(); }
+
+ private:
+  // A raw pointer: GCC 12 may destroy a co_await expression's temporary twice.
+  struct write_initiation {
+    detail::stream_state<Chunk>* state;
+
+    template <class Handler>
+    void operator()(Handler&& handler, Chunk chunk) const {
+      auto ex = asio::get_associated_executor(handler);
+      state->write(std::move(chunk), std::forward<Handler>(handler), detail::executor(ex));
+    }
+  };
+
+  std::shared_ptr<detail::stream_state<Chunk>> state_;
+};
+
+/// The caller's end of a streamed response (see `Pool::submit_stream`):
+/// read it chunk by chunk until its end or its error.
+///
+/// Destroying it (or calling close()) leaves the stream: a request still
+/// queued is withdrawn and never handled, and a worker writing to it is
+/// stopped at its next write and freed.
+///
+/// @par Thread Safety
+/// One reader at a time.
+///
+/// @code
+/// auto stream = pool.submit_stream("llm", prompt);
+/// while (auto token = co_await stream.next()) std::cout << *token;
+/// @endcode
+template <class Chunk>
+class Stream {
+ public:
+  Stream(std::shared_ptr<detail::stream_state<Chunk>> state, std::function<void()> withdraw)
+      : state_(std::move(state)), withdraw_(std::move(withdraw)) {}
+
+  Stream(Stream&&) noexcept = default;
+  Stream& operator=(Stream&& other) noexcept {
+    if (this != &other) {
+      close();
+      state_ = std::move(other.state_);
+      withdraw_ = std::move(other.withdraw_);
+    }
+    return *this;
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  ~Stream() { close(); }
+
+  /// Reads the next chunk.
+  ///
+  /// @par Completion Signature
+  /// @code void(std::exception_ptr, std::optional<Chunk>) @endcode
+  /// The next chunk; nullopt once the stream has ended; or, after the last
+  /// chunk, the stream's error: the stream handler's exception, unchanged,
+  /// or a `system_error` with a coropool::errc (`request_timeout` while it
+  /// waited for a worker, `shutting_down`, `queue_full`...) or, after close(),
+  /// `asio::error::operation_aborted`.
+  template <class CompletionToken = asio::default_completion_token_t<detail::executor>>
+  auto async_next(CompletionToken&& token = asio::default_completion_token_t<detail::executor>()) {
+    return asio::async_initiate<CompletionToken, void(std::exception_ptr, std::optional<Chunk>)>(
+        read_initiation{state_.get()}, token);
+  }
+
+  /// Reads the next chunk: nullopt at the end; throws the stream's error.
+  asio::awaitable<std::optional<Chunk>> next() { return async_next(asio::use_awaitable); }
+
+  /// Leaves the stream (see the class description); next() then fails with
+  /// `operation_aborted`. Called by the destructor.
+  void close() {
+    if (!state_) return;
+    state_->leave();
+    if (withdraw_) std::exchange(withdraw_, nullptr)();
+  }
+
+ private:
+  struct read_initiation {
+    detail::stream_state<Chunk>* state;
+
+    template <class Handler>
+    void operator()(Handler&& handler) const {
+      auto ex = asio::get_associated_executor(handler, asio::system_executor());
+      state->read(std::forward<Handler>(handler), detail::executor(ex));
+    }
+  };
+
+  std::shared_ptr<detail::stream_state<Chunk>> state_;
+  std::function<void()> withdraw_;
+};
+
+}  // namespace coropool

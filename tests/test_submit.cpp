@@ -1,0 +1,671 @@
+#include <coropool/pool.hpp>
+
+#include <catch2/catch.hpp>
+
+#include "support.hpp"
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <future>
+#include <optional>
+#include <random>
+#include <set>
+
+using namespace coropool;
+using namespace coropool::test;
+
+namespace {
+
+/// What the handlers of these tests throw: it must reach the caller unchanged.
+struct model_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// Handlers that wait on it stay in flight until the test opens it.
+struct Gate {
+  explicit Gate(const asio::any_io_executor& ex) : timer(ex, asio::steady_timer::time_point::max()) {}
+  asio::awaitable<void> pass() { co_await timer.async_wait(asio::as_tuple(asio::use_awaitable)); }
+  void open() {
+    timer.expires_at(asio::steady_timer::time_point::min());  // later arrivals pass at once
+  }
+  asio::steady_timer timer;
+};
+
+/// Counts what handle() saw, per request value.
+struct HandleLog {
+  std::atomic<int> calls{0};
+  std::atomic<int> in_flight{0};
+  std::atomic<int> max_in_flight{0};
+  std::mutex mutex;
+  std::multiset<int> seen;
+
+  void enter(int request) {
+    calls.fetch_add(1);
+    const int now = in_flight.fetch_add(1) + 1;
+    int prev = max_in_flight.load();
+    while (prev < now && !max_in_flight.compare_exchange_weak(prev, now)) {
+    }
+    std::lock_guard lock(mutex);
+    seen.insert(request);
+  }
+  void leave() { in_flight.fetch_sub(1); }
+};
+
+error_code error_of(const std::exception_ptr& e) {
+  try {
+    if (e) std::rethrow_exception(e);
+  } catch (const boost::system::system_error& error) {
+    return error.code();
+  } catch (...) {
+    return make_error_code(errc::invalid_argument);  // not a pool error: tests compare and fail
+  }
+  return {};
+}
+
+PoolConfig small_config(std::size_t cold = 1, std::size_t max = 1, std::size_t capacity = 100) {
+  PoolConfig config = quiet_config();
+  config.cold_start_workers = cold;
+  config.max_workers_per_key = max;
+  config.queue_capacity = capacity;
+  config.compute_threads = 1;
+  return config;
+}
+
+asio::awaitable<void> shutdown_after(IntPool& pool, std::function<asio::awaitable<void>()> body) {
+  co_await body();
+  co_await pool.async_shutdown(1s, asio::use_awaitable);
+}
+
+}  // namespace
+
+TEST_CASE("submit returns the handler's answer, for every completion token", "[submit]") {
+  asio::io_context ioc;
+  auto script = std::make_shared<LoadScript>();
+  IntPool pool(ioc, small_config(2, 2), scripted_loader(script), echo_handler());
+
+  std::vector<int> answers;
+  asio::co_spawn(ioc,
+                 shutdown_after(pool,
+                                [&]() -> asio::awaitable<void> {
+                                  answers.push_back(co_await pool.submit("bert", 1));
+                                  auto [e, v] =
+                                      co_await pool.async_submit("bert", 2, asio::as_tuple(asio::use_awaitable));
+                                  CHECK_FALSE(e);
+                                  answers.push_back(v);
+                                  auto deferred_submit = pool.async_submit("bert", 3, asio::deferred);
+                                  answers.push_back(co_await std::move(deferred_submit)(asio::use_awaitable));
+                                  answers.push_back(co_await pool.try_submit("bert", 4));
+                                  // A plain callback, woken on its own executor.
+                                  asio::steady_timer done(co_await asio::this_coro::executor,
+                                                          asio::steady_timer::time_point::max());
+                                  pool.async_submit("bert", 5, [&](std::exception_ptr err, int value) {
+                                    CHECK_FALSE(err);
+                                    answers.push_back(value);
+                                    done.cancel();
+                                  });
+                                  co_await done.async_wait(asio::as_tuple(asio::use_awaitable));
+                                }),
+                 asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(answers == std::vector<int>{2, 3, 4, 5, 6});
+  CHECK(script->started == 2);
+}
+
+TEST_CASE("submit with use_future from a thread outside the pool", "[submit]") {
+  asio::io_context ioc;
+  auto guard = asio::make_work_guard(ioc);
+  std::thread runner([&] { ioc.run(); });
+  {
+    IntPool pool(ioc, small_config(), scripted_loader(std::make_shared<LoadScript>()), echo_handler());
+    std::future<int> answer = pool.async_submit("bert", 41, asio::use_future);
+    CHECK(answer.get() == 42);
+    pool.async_shutdown(1s, asio::use_future).get();
+  }
+  guard.reset();
+  runner.join();
+}
+
+TEST_CASE("the handler's exception reaches the caller unchanged and the worker serves on", "[submit]") {
+  asio::io_context ioc;
+  auto script = std::make_shared<LoadScript>();
+  IntPool pool(ioc, small_config(), scripted_loader(script), [](Model&, int request) -> asio::awaitable<int> {
+    if (request < 0) throw model_error("negative input");
+    co_return request + 1;
+  });
+  int after = 0;
+  std::string message;
+  std::exception_ptr callback_error;
+  asio::co_spawn(ioc,
+                 shutdown_after(pool,
+                                [&]() -> asio::awaitable<void> {
+                                  try {
+                                    co_await pool.submit("bert", -1);
+                                  } catch (const model_error& e) {
+                                    message = e.what();
+                                  }
+                                  auto [e, v] =
+                                      co_await pool.async_submit("bert", -2, asio::as_tuple(asio::use_awaitable));
+                                  callback_error = e;
+                                  after = co_await pool.submit("bert", 7);
+                                }),
+                 asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(message == "negative input");
+  REQUIRE(callback_error);
+  CHECK_THROWS_AS(std::rethrow_exception(callback_error), model_error);
+  CHECK(after == 8);
+  CHECK(script->started == 1);  // the same worker served all three
+}
+
+TEST_CASE("a full queue holds callers back, and try_submit fails with queue_full", "[submit]") {
+  asio::io_context ioc;
+  Gate gate(ioc.get_executor());
+  HandleLog log;
+  IntPool pool(ioc, small_config(1, 1, 4), scripted_loader(std::make_shared<LoadScript>()),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 log.enter(request);
+                 co_await gate.pass();
+                 log.leave();
+                 co_return request + 1;
+               });
+  constexpr int submitted = 20;
+  std::atomic<int> answered{0};
+  std::size_t most_queued = 0;
+  error_code try_error;
+  asio::co_spawn(
+      ioc,
+      shutdown_after(pool,
+                     [&]() -> asio::awaitable<void> {
+                       co_await pool.wait_for_workers("bert", 5s);
+                       for (int i = 0; i < submitted; ++i) {
+                         pool.async_submit("bert", i, [&](std::exception_ptr e, int) {
+                           if (!e) answered.fetch_add(1);
+                         });
+                       }
+                       asio::steady_timer timer(co_await asio::this_coro::executor);
+                       for (int i = 0; i < 5; ++i) {  // let the submits settle: 1 in flight, 4 queued, 15 waiting
+                         timer.expires_after(2ms);
+                         co_await timer.async_wait(asio::use_awaitable);
+                         most_queued = std::max(most_queued, pool.queued_requests("bert"));
+                       }
+                       auto [e, v] = co_await pool.async_try_submit("bert", 99, asio::as_tuple(asio::use_awaitable));
+                       try_error = error_of(e);
+                       CHECK(log.calls == 1);
+                       gate.open();
+                       while (answered < submitted) {
+                         most_queued = std::max(most_queued, pool.queued_requests("bert"));
+                         timer.expires_after(1ms);
+                         co_await timer.async_wait(asio::use_awaitable);
+                       }
+                     }),
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(most_queued == 4);
+  CHECK(try_error == errc::queue_full);
+  CHECK(answered == submitted);
+  CHECK(log.calls == submitted);
+  CHECK(log.max_in_flight == 1);
+  // The backlog was served in submission order.
+  CHECK(log.seen.size() == submitted);
+}
+
+TEST_CASE("a request not answered within request_timeout fails, and the late answer is discarded", "[submit]") {
+  asio::io_context ioc;
+  PoolConfig config = small_config(2, 2);  // the second worker serves while the first is stuck
+  config.request_timeout = 30ms;
+  std::atomic<int> finished_late{0};
+  IntPool pool(ioc, config, scripted_loader(std::make_shared<LoadScript>()),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 if (request == 0) {
+                   asio::steady_timer t(co_await asio::this_coro::executor, 100ms);
+                   co_await t.async_wait(asio::use_awaitable);
+                   finished_late.fetch_add(1);
+                 }
+                 co_return request + 1;
+               });
+  error_code slow_error;
+  int answer = 0;
+  std::chrono::steady_clock::duration took{};
+  asio::co_spawn(ioc,
+                 shutdown_after(pool,
+                                [&]() -> asio::awaitable<void> {
+                                  co_await pool.wait_for_workers("bert", 5s);
+                                  const auto start = std::chrono::steady_clock::now();
+                                  auto [e, v] =
+                                      co_await pool.async_submit("bert", 0, asio::as_tuple(asio::use_awaitable));
+                                  took = std::chrono::steady_clock::now() - start;
+                                  slow_error = error_of(e);
+                                  answer = co_await pool.submit("bert", 1);
+                                }),
+                 asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(slow_error == errc::request_timeout);
+  CHECK(took < 100ms);  // not the handler's end: its own deadline
+  CHECK(finished_late == 1);
+  CHECK(answer == 2);
+}
+
+TEST_CASE("cancelling a queued request completes it at once and it is never handled", "[submit]") {
+  asio::io_context ioc;
+  Gate gate(ioc.get_executor());
+  HandleLog log;
+  IntPool pool(ioc, small_config(), scripted_loader(std::make_shared<LoadScript>()),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 log.enter(request);
+                 co_await gate.pass();
+                 log.leave();
+                 co_return request + 1;
+               });
+  error_code queued_error;
+  error_code in_flight_error;
+  std::exception_ptr first_error;
+  int first_answer = 0;
+  asio::co_spawn(
+      ioc,
+      shutdown_after(pool,
+                     [&]() -> asio::awaitable<void> {
+                       co_await pool.wait_for_workers("bert", 5s);
+                       asio::cancellation_signal in_flight_signal;
+                       asio::cancellation_signal queued_signal;
+                       std::optional<std::exception_ptr> first;
+                       std::optional<std::exception_ptr> second;
+                       std::optional<std::exception_ptr> third;
+                       pool.async_submit("bert", 1,
+                                         asio::bind_cancellation_slot(in_flight_signal.slot(),
+                                                                      [&](std::exception_ptr e, int) { second = e; }));
+                       pool.async_submit("bert", 2,
+                                         asio::bind_cancellation_slot(queued_signal.slot(),
+                                                                      [&](std::exception_ptr e, int) { third = e; }));
+                       pool.async_submit("bert", 3, [&](std::exception_ptr e, int v) {
+                         first = e;
+                         first_answer = v;
+                       });
+                       asio::steady_timer timer(co_await asio::this_coro::executor, 5ms);
+                       co_await timer.async_wait(asio::use_awaitable);
+                       REQUIRE(log.calls == 1);  // 1 in flight, 2 and 3 queued
+
+                       queued_signal.emit(asio::cancellation_type::terminal);
+                       timer.expires_after(1ms);
+                       co_await timer.async_wait(asio::use_awaitable);
+                       REQUIRE(third.has_value());  // at once, while 1 still holds the worker
+                       queued_error = error_of(*third);
+
+                       in_flight_signal.emit(asio::cancellation_type::terminal);
+                       timer.expires_after(1ms);
+                       co_await timer.async_wait(asio::use_awaitable);
+                       REQUIRE(second.has_value());
+                       in_flight_error = error_of(*second);
+
+                       gate.open();
+                       while (!first) {
+                         timer.expires_after(1ms);
+                         co_await timer.async_wait(asio::use_awaitable);
+                       }
+                       first_error = *first;
+                     }),
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(queued_error == asio::error::operation_aborted);
+  CHECK(in_flight_error == asio::error::operation_aborted);
+  CHECK_FALSE(first_error);
+  CHECK(first_answer == 4);
+  CHECK(log.seen == std::multiset<int>{1, 3});  // 2 never reached handle
+}
+
+TEST_CASE("errors before queueing", "[submit]") {
+  asio::io_context ioc;
+  auto script = std::make_shared<LoadScript>();
+  script->fail = true;
+  IntPool pool(ioc, small_config(2, 2), scripted_loader(script), echo_handler());
+  error_code empty_key;
+  int spawn_failures = 0;
+  std::string cause;
+  error_code after_shutdown;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        auto [e, v] = co_await pool.async_submit("", 1, asio::as_tuple(asio::use_awaitable));
+        empty_key = error_of(e);
+        // Ten submits on a cold key whose loads fail: one wave, every caller gets its spawn_error.
+        std::vector<std::exception_ptr> errors(10);
+        std::atomic<int> done{0};
+        for (auto& slot : errors) {
+          pool.async_submit("bert", 1, [&](std::exception_ptr err, int) {
+            slot = err;
+            done.fetch_add(1);
+          });
+        }
+        asio::steady_timer timer(co_await asio::this_coro::executor);
+        while (done < 10) {
+          timer.expires_after(1ms);
+          co_await timer.async_wait(asio::use_awaitable);
+        }
+        for (auto& err : errors) {
+          try {
+            std::rethrow_exception(err);
+          } catch (const spawn_error& failure) {
+            ++spawn_failures;
+            cause = failure.what();
+          } catch (...) {
+          }
+        }
+        co_await pool.async_shutdown(1s, asio::use_awaitable);
+        auto [e2, v2] = co_await pool.async_submit("bert", 1, asio::as_tuple(asio::use_awaitable));
+        after_shutdown = error_of(e2);
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(empty_key == errc::invalid_argument);
+  CHECK(spawn_failures == 10);
+  CHECK(script->started == 2);
+  CHECK_THAT(cause, Catch::Contains("corrupt"));
+  CHECK(after_shutdown == errc::shutting_down);
+}
+
+TEST_CASE("a cold burst loads cold_start_workers models, and scale-up adds one at a time", "[submit]") {
+  asio::io_context ioc;
+  auto script = std::make_shared<LoadScript>();
+  std::atomic<int> loads_in_flight{0};
+  std::atomic<int> most_loads_after_wave{0};
+  std::atomic<bool> wave_done{false};
+  auto counting_loader = [&, inner = scripted_loader(script)](const std::string& key) -> asio::awaitable<Model> {
+    const int now = loads_in_flight.fetch_add(1) + 1;
+    if (wave_done) most_loads_after_wave = std::max(most_loads_after_wave.load(), now);
+    Model m = co_await inner(key);
+    loads_in_flight.fetch_sub(1);
+    co_return m;
+  };
+  auto slow_handler = [](Model&, int request) -> asio::awaitable<int> {
+    asio::steady_timer t(co_await asio::this_coro::executor, 1ms);
+    co_await t.async_wait(asio::use_awaitable);
+    co_return request + 1;
+  };
+
+  SECTION("a cold burst of 1,000 submits") {
+    IntPool pool(ioc, small_config(2, 2, 1000), counting_loader, slow_handler);
+    std::atomic<int> answered{0};
+    for (int i = 0; i < 1000; ++i) {
+      pool.async_submit("bert", i, [&, i](std::exception_ptr e, int v) {
+        if (!e && v == i + 1) answered.fetch_add(1);
+        if (answered == 1000) pool.async_shutdown(1s, asio::detached);
+      });
+    }
+    REQUIRE(run_until_idle(ioc, 2));
+    CHECK(answered == 1000);
+    CHECK(script->started == 2);
+  }
+
+  SECTION("busy workers grow to max_workers_per_key") {
+    IntPool pool(ioc, small_config(1, 3, 1000), counting_loader, slow_handler);
+    std::atomic<int> answered{0};
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+          co_await pool.wait_for_workers("bert", 5s);
+          wave_done = true;
+          for (int i = 0; i < 600; ++i) {
+            pool.async_submit("bert", i, [&](std::exception_ptr e, int) {
+              if (!e) answered.fetch_add(1);
+            });
+          }
+          asio::steady_timer timer(co_await asio::this_coro::executor);
+          while (answered < 600) {
+            CHECK(pool.live_worker_count("bert") <= 3);
+            timer.expires_after(1ms);
+            co_await timer.async_wait(asio::use_awaitable);
+          }
+          co_await pool.async_shutdown(1s, asio::use_awaitable);
+        },
+        asio::detached);
+    REQUIRE(run_until_idle(ioc, 1));
+    CHECK(answered == 600);
+    CHECK(script->started == 3);
+    CHECK(most_loads_after_wave == 1);  // one at a time
+  }
+}
+
+TEST_CASE("shutdown under load answers or fails every request, none lost", "[submit]") {
+  asio::io_context ioc;
+  IntPool pool(ioc, small_config(2, 2, 50), scripted_loader(std::make_shared<LoadScript>()),
+               [](Model&, int request) -> asio::awaitable<int> {
+                 asio::steady_timer t(co_await asio::this_coro::executor, 2ms);
+                 co_await t.async_wait(asio::use_awaitable);
+                 co_return request + 1;
+               });
+  constexpr int submitted = 300;
+  std::atomic<int> answered{0}, shut_out{0}, other{0};
+  auto count = [&](std::exception_ptr e, int) {
+    if (!e) {
+      answered.fetch_add(1);
+    } else if (error_of(e) == errc::shutting_down) {
+      shut_out.fetch_add(1);
+    } else {
+      other.fetch_add(1);
+    }
+  };
+  bool shutdown_completed = false;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        co_await pool.wait_for_workers("bert", 5s);
+        for (int i = 0; i < submitted; ++i) pool.async_submit("bert", i, count);
+        asio::steady_timer timer(co_await asio::this_coro::executor, 10ms);
+        co_await timer.async_wait(asio::use_awaitable);
+        co_await pool.async_shutdown(40ms, asio::use_awaitable);
+        shutdown_completed = true;
+        CHECK(pool.live_worker_count("bert") == 0);
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(shutdown_completed);
+  CHECK(answered + shut_out == submitted);
+  CHECK(other == 0);
+  CHECK(answered > 0);  // the queue drained until the deadline...
+  CHECK(shut_out > 0);  // ...and what it could not serve failed, not dropped
+}
+
+TEST_CASE("a pool whose context is destroyed with requests queued leaks nothing", "[submit]") {
+  auto script = std::make_shared<LoadScript>();
+  std::atomic<int> completed{0};
+  {
+    asio::io_context ioc;
+    IntPool pool(ioc, small_config(1, 1, 10), scripted_loader(script), [](Model&, int) -> asio::awaitable<int> {
+      asio::steady_timer t(co_await asio::this_coro::executor, 1h);
+      co_await t.async_wait(asio::use_awaitable);
+      co_return 0;
+    });
+    for (int i = 0; i < 5; ++i) pool.async_submit("bert", i, [&](std::exception_ptr, int) { completed.fetch_add(1); });
+    ioc.run_for(50ms);  // loaded, one request in flight, four queued, the worker then parks on nothing
+    // The context dies first here (its owner's choice); LeakSanitizer checks what is left.
+  }
+  CHECK(script->started == 1);
+}
+
+TEST_CASE("offload runs blocking code on the compute executor and comes back", "[submit]") {
+  asio::io_context ioc;
+  const auto io_thread = std::this_thread::get_id();
+  std::thread::id compute_thread;
+  PoolConfig config = small_config();
+  std::optional<IntPool> pool;
+  pool.emplace(ioc, config, scripted_loader(std::make_shared<LoadScript>()),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 const int doubled = co_await offload(pool->compute_executor(), [&] {
+                   compute_thread = std::this_thread::get_id();
+                   return request * 2;
+                 });
+                 CHECK(std::this_thread::get_id() == io_thread);
+                 co_await offload(pool->compute_executor(), [] {});
+                 co_return doubled;
+               });
+  int answer = 0;
+  std::string thrown;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        answer = co_await pool->submit("bert", 21);
+        try {
+          co_await offload(pool->compute_executor(), []() -> int { throw model_error("no GPU"); });
+        } catch (const model_error& e) {
+          thrown = e.what();
+        }
+        co_await pool->async_shutdown(1s, asio::use_awaitable);
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(answer == 42);
+  CHECK(compute_thread != io_thread);
+  CHECK(compute_thread != std::thread::id());
+  CHECK(thrown == "no GPU");
+}
+
+namespace {
+
+#if defined(__SANITIZE_THREAD__)
+constexpr int stress_requests = 40'000;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+constexpr int stress_requests = 100'000;
+#else
+constexpr int stress_requests = 1'000'000;
+#endif
+#elif defined(__SANITIZE_ADDRESS__)
+constexpr int stress_requests = 100'000;
+#else
+constexpr int stress_requests = 1'000'000;
+#endif
+
+/// How each request of the stress test is meant to go, by its number.
+enum class plan { answer, throws, cancelled, slow };
+
+plan plan_of(int request) {
+  if (request % 20 == 0) return plan::throws;     // 5 %
+  if (request % 20 == 1) return plan::cancelled;  // 5 %
+  if (request % 4000 == 2) return plan::slow;     // outlives its request_timeout
+  return plan::answer;
+}
+
+struct Outcomes {
+  explicit Outcomes(int n) : completions(static_cast<std::size_t>(n)) {}
+  std::vector<std::atomic<std::uint8_t>> completions;
+  std::atomic<int> answered{0}, thrown{0}, cancelled{0}, timed_out{0}, wrong{0};
+  std::atomic<int> clients_done{0};
+};
+
+/// One client: submits its share in a closed loop. A request planned to be
+/// cancelled races a timer of random length in a parallel group, which,
+/// unlike `||`, reports the result of both operations: the pool's
+/// completion is counted whichever finished first.
+asio::awaitable<void> stress_client(IntPool& pool, Outcomes& out, int first, int stride, unsigned seed) {
+  std::minstd_rand rng(seed);
+  const std::string keys[] = {"k0", "k1", "k2", "k3"};
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  for (int i = first; i < stress_requests; i += stride) {
+    const std::string& key = keys[rng() % 4];
+    std::exception_ptr error;
+    int value = 0;
+    if (plan_of(i) == plan::cancelled) {
+      timer.expires_after(std::chrono::microseconds(rng() % 200));
+      auto [order, e, v, timer_ec] = co_await asio::experimental::make_parallel_group(
+                                         pool.async_submit(key, i, asio::deferred), timer.async_wait(asio::deferred))
+                                         .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+      error = e;
+      value = v;
+    } else {
+      std::tie(error, value) = co_await pool.async_submit(key, i, asio::as_tuple(asio::use_awaitable));
+    }
+    out.completions[static_cast<std::size_t>(i)].fetch_add(1);
+    const plan p = plan_of(i);
+    if (!error) {
+      if (value == i + 1 && p != plan::throws && p != plan::slow) {
+        out.answered.fetch_add(1);
+      } else {
+        out.wrong.fetch_add(1);
+      }
+      continue;
+    }
+    const error_code ec = error_of(error);
+    if (ec == errc::request_timeout) {
+      out.timed_out.fetch_add(1);
+    } else if (ec == asio::error::operation_aborted && p == plan::cancelled) {
+      out.cancelled.fetch_add(1);
+    } else if (p == plan::throws && ec == errc::invalid_argument) {  // error_of's mark for a non-pool exception
+      try {
+        std::rethrow_exception(error);
+      } catch (const model_error&) {
+        out.thrown.fetch_add(1);
+      } catch (...) {
+        out.wrong.fetch_add(1);
+      }
+    } else {
+      out.wrong.fetch_add(1);
+    }
+  }
+  out.clients_done.fetch_add(1);
+}
+
+}  // namespace
+
+TEST_CASE("every request completes exactly once under throws, cancellation and timeouts", "[submit][stress]") {
+  asio::io_context ioc(2);
+  PoolConfig config = small_config(2, 4, 100);
+  config.request_timeout = 200ms;
+  auto script = std::make_shared<LoadScript>();
+  script->delay = 1ms;
+  std::atomic<int> handled{0};
+  IntPool pool(ioc, config, scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
+    handled.fetch_add(1, std::memory_order_relaxed);
+    switch (plan_of(request)) {
+      case plan::throws:
+        throw model_error("request " + std::to_string(request));
+      case plan::slow: {
+        asio::steady_timer t(co_await asio::this_coro::executor, 300ms);
+        co_await t.async_wait(asio::use_awaitable);
+        break;
+      }
+      default:
+        break;
+    }
+    co_return request + 1;
+  });
+
+  constexpr int clients = 256;
+  Outcomes out(stress_requests);
+  for (int c = 0; c < clients; ++c) {
+    asio::co_spawn(asio::make_strand(ioc), stress_client(pool, out, c, clients, static_cast<unsigned>(c + 1)),
+                   asio::detached);
+  }
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        asio::steady_timer t(co_await asio::this_coro::executor);
+        while (out.clients_done < clients) {  // the test's observer, not the pool's
+          t.expires_after(5ms);
+          co_await t.async_wait(asio::use_awaitable);
+        }
+        co_await pool.async_shutdown(1s, asio::use_awaitable);
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 2, 300s));
+
+  int missing = 0, duplicated = 0;
+  for (auto& c : out.completions) {
+    if (c == 0) ++missing;
+    if (c > 1) ++duplicated;
+  }
+  CHECK(missing == 0);
+  CHECK(duplicated == 0);
+  CHECK(out.wrong == 0);
+  CHECK(out.answered + out.thrown + out.cancelled + out.timed_out == stress_requests);
+  CHECK(out.thrown > 0);
+  CHECK(out.cancelled > 0);
+  CHECK(out.timed_out >= stress_requests / 4000);  // every slow one at least
+  CHECK(handled <= stress_requests);               // a cancelled queued request never reaches handle
+  CHECK(script->started <= 16);                    // 4 keys, at most 4 workers each
+  INFO("answered " << out.answered << ", thrown " << out.thrown << ", cancelled " << out.cancelled << ", timed out "
+                   << out.timed_out << ", handled " << handled);
+  CHECK(out.answered > stress_requests / 2);
+}
