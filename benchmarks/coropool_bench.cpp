@@ -11,7 +11,7 @@
 // roundtrip        C client coroutines in closed loops submit to 4 workers of
 //                  one key (queue 1,024) whose handle returns value + 1:
 //                  requests per second and each request's latency.
-// memory           resident bytes added per queued request and per idle worker.
+// memory           heap bytes added per queued request and per idle worker.
 //
 // The first three run for impl "coropool" and for "poll50ms", the old
 // system's fixed loop: check has_workers, then sleep 50 ms on a timer.
@@ -31,14 +31,13 @@
 
 #include <sys/resource.h>
 
-#include <unistd.h>
+#include <malloc.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -406,14 +405,9 @@ RoundtripResult roundtrip_asio_channels(int clients, int requests) {
     asio::co_spawn(
         ioc,
         [&]() -> asio::awaitable<void> {
-          // No structured binding of a co_await result: GCC 12 destroys that temporary twice.
           for (;;) {
-            Job job;
-            try {
-              job = co_await queue.async_receive(asio::use_awaitable);
-            } catch (const boost::system::system_error&) {
-              co_return;  // closed
-            }
+            auto [ec, job] = co_await queue.async_receive(asio::as_tuple(asio::use_awaitable));
+            if (ec) co_return;  // closed
             co_await job.reply->async_send(boost::system::error_code(), job.value + 1, asio::use_awaitable);
           }
         },
@@ -422,7 +416,7 @@ RoundtripResult roundtrip_asio_channels(int clients, int requests) {
   auto ready = []() -> asio::awaitable<void> { co_return; };
   auto roundtrip = [&](int i) -> asio::awaitable<int> {
     auto reply = std::make_shared<reply_channel>(ioc, 1);
-    Job job{i, reply};  // named: GCC 12 destroys a co_await expression's temporaries twice
+    Job job{i, reply};  // named: GCC 12 destroys a braced temporary of a co_await expression twice
     co_await queue.async_send(boost::system::error_code(), std::move(job), asio::use_awaitable);
     co_return co_await reply->async_receive(asio::use_awaitable);
   };
@@ -451,12 +445,12 @@ void roundtrip() {
 
 // --- memory ---
 
-double resident_bytes() {
-  std::ifstream statm("/proc/self/statm");
-  double size = 0;
-  double resident = 0;
-  statm >> size >> resident;
-  return resident * static_cast<double>(sysconf(_SC_PAGESIZE));
+/// Heap bytes in use. Unlike the resident set, it does not depend on whether
+/// earlier rows left freed pages behind for the allocator to reuse: it is what
+/// the resident set grows by on a fresh heap.
+double heap_bytes() {
+  const struct mallinfo2 info = mallinfo2();
+  return static_cast<double>(info.uordblks + info.hblkhd);
 }
 
 void memory() {
@@ -472,12 +466,12 @@ void memory() {
     config.max_workers_per_key = idle_workers;
     config.compute_threads = 1;
     asio::steady_timer settle(ioc);
-    const double before = resident_bytes();
+    const double before = heap_bytes();
     BenchPool pool(ioc, config, timed_loader(1ms, nullptr), no_handler());
     pool.async_wait_for_workers("model", 10s, [&](boost::system::error_code) {
       settle.expires_after(50ms);  // the rest of the wave loads and parks meanwhile
       settle.async_wait([&](boost::system::error_code) {
-        per_worker = (resident_bytes() - before) / idle_workers;
+        per_worker = (heap_bytes() - before) / idle_workers;
         pool.async_shutdown(0s, asio::detached);
       });
     });
@@ -499,9 +493,9 @@ void memory() {
     pool.async_wait_for_workers("model", 10s, [&](boost::system::error_code) {
       pool.async_submit("model", -1, [](std::exception_ptr, int) {});
       ioc.poll();
-      const double before = resident_bytes();
+      const double before = heap_bytes();
       for (int i = 0; i < queued; ++i) pool.async_submit("model", i, [](std::exception_ptr, int) {});
-      per_request = (resident_bytes() - before) / queued;
+      per_request = (heap_bytes() - before) / queued;
       gate.cancel();
       pool.async_shutdown(0s, asio::detached);
     });

@@ -29,3 +29,51 @@ TEST_CASE("the README's waiting snippet runs", "[readme]") {
   CHECK(finished);
   CHECK(script->started == 2);
 }
+
+TEST_CASE("the README's submitting snippet runs", "[readme]") {
+  asio::io_context ioc;
+  auto script = std::make_shared<LoadScript>();
+  IntPool pool(ioc, quiet_config(), scripted_loader(script), echo_handler());
+  int sum = 0;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        sum = co_await readme_snippet_3::submit_in_every_form(pool);
+        co_await pool.async_shutdown(1s, asio::use_awaitable);
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(sum == 2 + 3 + 4 + 6);  // each answer is its request + 1
+}
+
+TEST_CASE("the README's streams snippet runs", "[readme]") {
+  asio::io_context ioc;
+  auto pool = readme_snippet_4::make_llm_pool(
+      ioc, [](const std::string&) -> asio::awaitable<readme_snippet_4::Llm> { co_return readme_snippet_4::Llm{}; },
+      [](readme_snippet_4::Llm&, std::string s) -> asio::awaitable<std::string> { co_return s; });
+  int chunks = 0;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        chunks = co_await readme_snippet_4::read_stream(pool);
+        co_await pool.async_shutdown(1s, asio::use_awaitable);
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(chunks == 3);
+}
+
+TEST_CASE("the README's blocking-code snippet runs", "[readme]") {
+  asio::io_context ioc;
+  readme_snippet_5::Scorer scorer(ioc);
+  int score = 0;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        score = co_await scorer.score("four");
+        co_await scorer.pool().async_shutdown(1s, asio::use_awaitable);
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(score == 4);
+}

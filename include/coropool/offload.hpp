@@ -33,6 +33,7 @@ struct offload_initiation {
                      result = result]() mutable {
       try {
         if constexpr (std::is_same_v<Result, bool>) {
+          (void)result;  // a void fn has no result to store
           (*body)();
         } else {
           result->emplace((*body)());
@@ -57,6 +58,10 @@ struct offload_initiation {
 /// @code
 /// co_return co_await coropool::offload(compute, [&] { return model.infer(request); });
 /// @endcode
+///
+/// Capture by reference: the caller's frame outlives `fn`. With GCC 12, a
+/// lambda that captures by value must not be a temporary inside the
+/// `co_await` expression (GCC 12 destroys such a temporary twice): name it first.
 ///
 /// While `fn` runs the caller's executor is kept busy (its `io_context::run`
 /// does not return). `fn` runs to its end once started: cancelling the

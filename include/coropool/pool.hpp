@@ -367,8 +367,8 @@ class Pool {
     Model model = co_await load(w->key->name);  // owned until the worker ends
     core->worker_loaded(w);
     int burst = 0;
+    detail::request_ptr r = core->take_request(*w);
     for (;;) {
-      detail::request_ptr r = core->take_request(*w);
       if (r && ++burst == serve_burst) {
         burst = 0;
         co_await asio::post(w->strand, asio::use_awaitable);
@@ -381,8 +381,8 @@ class Pool {
       auto& entry = static_cast<entry_type&>(*r);
       if (auto* stream = entry.stream()) {
         // Once started a stream is its reader's: timeouts and cancellation no longer apply.
-        if (!core->claim_answer(entry)) continue;
-        co_await serve_stream(model, stream_handle, entry.request, *stream, *w);
+        if (core->claim_answer(entry)) co_await serve_stream(model, stream_handle, entry.request, *stream, *w);
+        r = core->take_request(*w);
         continue;
       }
       std::exception_ptr error;
@@ -392,7 +392,10 @@ class Pool {
       } catch (...) {
         error = std::current_exception();
       }
-      if (core->claim_answer(entry)) entry.complete(std::move(error), std::move(response));
+      bool answer = false;
+      detail::request_ptr next = core->claim_answer_and_take(entry, *w, answer);
+      if (answer) entry.complete(std::move(error), std::move(response));
+      r = std::move(next);
     }
   }
 

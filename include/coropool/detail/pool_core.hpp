@@ -257,9 +257,17 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// request was completed meanwhile (timed out, cancelled, shut down).
   bool claim_answer(request_base& r) {
     std::lock_guard lock(r.key->mutex);
-    if (r.state == request_base::phase::done) return false;
-    claim_locked(*r.key, r);  // the worker's reference keeps r alive
-    return true;
+    return claim_answer_locked(r);
+  }
+
+  /// claim_answer() and then take_request(), under one lock: the worker's
+  /// loop pays one lock per request.
+  request_ptr claim_answer_and_take(request_base& r, worker_record& w, bool& answer) {
+    key_state& k = *w.key;
+    std::lock_guard lock(k.mutex);
+    answer = claim_answer_locked(r);
+    if (k.queue.empty() || w.stop_requested.load(std::memory_order_relaxed)) return nullptr;
+    return pop_queue_locked(k);
   }
 
   /// Starts shutdown, or joins one already started; `handler` (which may be
@@ -333,6 +341,12 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   static void refuse(request_base& r, error_code ec) {
     r.state = request_base::phase::done;
     r.fail(ec, nullptr);
+  }
+
+  bool claim_answer_locked(request_base& r) {
+    if (r.state == request_base::phase::done) return false;
+    claim_locked(*r.key, r);  // the worker's reference keeps r alive
+    return true;
   }
 
   request_ptr pop_queue_locked(key_state& k) {
