@@ -226,10 +226,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
 
   /// A worker's next request, if one is queued; never suspends.
   request_ptr take_request(worker_record& w) {
-    key_state& k = *w.key;
-    std::lock_guard lock(k.mutex);
-    if (k.queue.empty() || w.stop_requested.load(std::memory_order_relaxed)) return nullptr;
-    return pop_queue_locked(k);
+    std::lock_guard lock(w.key->mutex);
+    return take_locked(w);
   }
 
   /// Parks a worker until a request arrives; it is handed null when it is to
@@ -240,10 +238,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     request_ptr r;
     {
       std::lock_guard lock(k.mutex);
-      const bool stop = w.stop_requested.load(std::memory_order_relaxed);
-      if (!k.queue.empty() && !stop) {
-        r = pop_queue_locked(k);
-      } else if (!k.closed && !stop) {
+      r = take_locked(w);
+      if (!r && !k.closed && !w.stop_requested.load(std::memory_order_relaxed)) {
         w.parked = std::make_unique<completion_op<std::decay_t<Handler>, request_ptr>>(std::forward<Handler>(handler),
                                                                                        executor_);
         k.idle.push_back(&w);
@@ -263,11 +259,9 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// claim_answer() and then take_request(), under one lock: the worker's
   /// loop pays one lock per request.
   request_ptr claim_answer_and_take(request_base& r, worker_record& w, bool& answer) {
-    key_state& k = *w.key;
-    std::lock_guard lock(k.mutex);
+    std::lock_guard lock(w.key->mutex);
     answer = claim_answer_locked(r);
-    if (k.queue.empty() || w.stop_requested.load(std::memory_order_relaxed)) return nullptr;
-    return pop_queue_locked(k);
+    return take_locked(w);
   }
 
   /// Starts shutdown, or joins one already started; `handler` (which may be
@@ -349,7 +343,10 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     return true;
   }
 
-  request_ptr pop_queue_locked(key_state& k) {
+  /// The worker's next request: none when the queue is empty or the worker is stopped.
+  request_ptr take_locked(worker_record& w) {
+    key_state& k = *w.key;
+    if (k.queue.empty() || w.stop_requested.load(std::memory_order_relaxed)) return nullptr;
     request_base& r = k.queue.front();
     k.queue.pop_front();
     r.state = request_base::phase::in_flight;
@@ -460,10 +457,13 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   // --- everything below runs on strand_ ---
 
   /// Spawns what a key's requests need: a wave when it is cold, one more
-  /// worker when requests queue and every worker is busy.
+  /// worker when requests queue and every worker is busy. While a load is in
+  /// flight nothing more is spawned, and the key's attention stays raised so
+  /// that submits stop posting here: the load's end (on_loaded, on_exit) calls
+  /// attend() again.
   void attend(key_state& k) {
+    if (stopping_ || k.loading > 0) return;
     k.attention_pending.store(false, std::memory_order_release);
-    if (stopping_) return;
     bool backlog = false;
     bool idle = false;
     {
@@ -473,7 +473,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     }
     if (!backlog) return;
     if (k.ready_workers.load(std::memory_order_relaxed) == 0) return ensure_spawning(k);
-    if (!idle && k.loading == 0 && k.workers.size() < config_.max_workers_per_key) {
+    if (!idle && k.workers.size() < config_.max_workers_per_key) {
       log_->info("coropool: key '{}' is busy, adding worker {} of at most {}", k.name, k.workers.size() + 1,
                  config_.max_workers_per_key);
       spawn_worker(k);
@@ -634,10 +634,10 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
         auto error = std::make_exception_ptr(spawn_error(k.name, k.last_failure));
         finish_all(k, errc::spawn_failed, error);
         fail_requests(k, errc::spawn_failed, error);
-      } else {
-        attend(k);  // a worker that served is gone: requests still queued get a new wave
       }
     }
+    // A load ended (see attend), or a worker that served is gone: what is still queued may need another.
+    attend(k);
     if (stopping_ && live_workers_ == 0) finish_shutdown();
   }
 
@@ -666,7 +666,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       {
         std::lock_guard lock(k->mutex);
         k->closed = true;
-        for (worker_record* w : std::vector<worker_record*>(k->idle)) release_parked_locked(*w, released);
+        released = std::exchange(k->idle, {});
       }
       wake_released(released);
       if (k->loading == 0 && k->ready_workers.load(std::memory_order_relaxed) == 0) {
