@@ -82,6 +82,32 @@ TEST_CASE("a cold key is spawned once for all its waiters", "[pool]") {
   CHECK_FALSE(pool.has_workers("bert"));  // shut down
 }
 
+TEST_CASE("a waiter's callback that throws drops none of the waiters woken with it", "[pool]") {
+  asio::io_context ioc(1);
+  IntPool pool(ioc, quiet_config(), scripted_loader(std::make_shared<LoadScript>()), echo_handler());
+  constexpr int waiters = 10;
+  int woken = 0;
+  for (int i = 0; i < waiters; ++i) {
+    pool.async_wait_for_workers("bert", 5s, [&, i](error_code ec) {
+      CHECK_FALSE(ec);
+      if (++woken == waiters) pool.async_shutdown(1s, asio::detached);
+      if (i % 3 == 0) throw std::logic_error("callback " + std::to_string(i));
+    });
+  }
+  int escaped = 0;
+  const auto limit = std::chrono::steady_clock::now() + 10s;  // a dropped waiter would leave the pool running
+  while (!ioc.stopped() && std::chrono::steady_clock::now() < limit) {
+    try {
+      ioc.run_until(limit);
+    } catch (const std::logic_error&) {
+      ++escaped;
+      ioc.restart();
+    }
+  }
+  CHECK(escaped == 4);
+  CHECK(woken == waiters);
+}
+
 TEST_CASE("10,000 waiters share one spawn wave", "[pool][stress][concurrency]") {
   constexpr int waiters = 10'000;
   auto script = std::make_shared<LoadScript>();

@@ -161,6 +161,39 @@ TEST_CASE("the handler's exception reaches the caller unchanged and the worker s
   CHECK(script->started == 1);  // the same worker served all three
 }
 
+TEST_CASE("a callback that throws drops none of the answers delivered with it", "[submit]") {
+  // A worker delivers the answers of a burst together (one function per
+  // executor); the callback that throws escapes run(), as any Asio handler's
+  // exception does, and the answers after it still arrive.
+  asio::io_context ioc(1);
+  IntPool pool(ioc, small_config(), scripted_loader(std::make_shared<LoadScript>()), echo_handler());
+  constexpr int submitted = 10;
+  std::vector<int> answers;
+  pool.async_wait_for_workers("bert", 5s, [&](error_code ec) {
+    REQUIRE_FALSE(ec);
+    for (int i = 0; i < submitted; ++i) {
+      pool.async_submit("bert", i, [&, i](std::exception_ptr e, int value) {
+        CHECK_FALSE(e);
+        answers.push_back(value);
+        if (answers.size() == submitted) pool.async_shutdown(1s, asio::detached);
+        if (i % 3 == 0) throw model_error("callback " + std::to_string(i));
+      });
+    }
+  });
+  int escaped = 0;
+  const auto limit = std::chrono::steady_clock::now() + 10s;  // a dropped answer would leave the pool running
+  while (!ioc.stopped() && std::chrono::steady_clock::now() < limit) {
+    try {
+      ioc.run_until(limit);
+    } catch (const model_error&) {
+      ++escaped;
+      ioc.restart();
+    }
+  }
+  CHECK(escaped == 4);  // callbacks 0, 3, 6 and 9
+  CHECK(answers == std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
+}
+
 TEST_CASE("a full queue holds callers back, and try_submit fails with queue_full", "[submit]") {
   asio::io_context ioc;
   Gate gate(ioc.get_executor());

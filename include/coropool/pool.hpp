@@ -331,7 +331,8 @@ class Pool {
     void operator()(Handler&& handler, std::string key, Request request) const {
       using op_type = detail::request_op<Request, Response, std::decay_t<Handler>>;
       std::decay_t<Handler> h(std::forward<Handler>(handler));
-      boost::intrusive_ptr<op_type> op(new op_type(std::move(request), std::move(h), core->get_executor()));
+      boost::intrusive_ptr<op_type> op(
+          new op_type(std::move(request), std::move(h), core->get_executor(), &core->context()));
       core->start_submit(std::move(op), key, wait_for_room);
     }
   };
@@ -367,6 +368,7 @@ class Pool {
     Model model = co_await load(w->key->name);  // owned until the worker ends
     core->worker_loaded(w);
     int burst = 0;
+    detail::answer_sender<entry_type, Response> answers;
     detail::request_ptr r = core->take_request(*w);
     for (;;) {
       if (r && ++burst == serve_burst) {
@@ -394,7 +396,7 @@ class Pool {
       }
       bool answer = false;
       detail::request_ptr next = core->claim_answer_and_take(entry, *w, answer);
-      if (answer) entry.complete(std::move(error), std::move(response));
+      if (answer) answers.send(entry, std::move(error), std::move(response));
       r = std::move(next);
     }
   }

@@ -4,6 +4,7 @@
 #include "coropool/detail/asio.hpp"
 #include "coropool/detail/registry.hpp"
 #include "coropool/detail/request.hpp"
+#include "coropool/detail/spin_mutex.hpp"
 #include "coropool/detail/waiter.hpp"
 #include "coropool/error.hpp"
 
@@ -93,7 +94,7 @@ struct key_state {
   // and meanwhile in `room_waiters`, in `queue`, or in a worker's hands.
   // Invariants: idle workers only when `queue` is empty; room waiters only
   // when `queue` is full.
-  std::mutex mutex;
+  spin_mutex mutex;
   request_list room_waiters;
   request_list queue;
   deadline_list outstanding;
@@ -112,6 +113,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
 
   pool_core(executor ex, PoolConfig config, worker_body body)
       : executor_(std::move(ex)),
+        context_(asio::query(executor_, asio::execution::context)),
         strand_(asio::make_strand(executor_)),
         config_(std::move(config)),
         log_(config_.logger ? config_.logger : spdlog::default_logger()),
@@ -150,6 +152,9 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   const executor& compute_executor() const noexcept { return compute_executor_; }
 
   const executor& get_executor() const noexcept { return executor_; }
+
+  /// The execution context of the pool's executor.
+  const asio::execution_context& context() const noexcept { return context_; }
   const PoolConfig& config() const noexcept { return config_; }
 
   /// Requests of `key` waiting for a worker (not counting those waiting for room).
@@ -400,7 +405,9 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// Requests share the pool's request_timeout, so deadlines come in the
   /// order of submission: one timer per key, at the oldest, covers them all.
   /// It is left armed when the requests finish early: it then fires once,
-  /// finds nothing due, and is not re-armed.
+  /// finds nothing due, and is not re-armed. Armed whenever a request of the
+  /// key is outstanding, it also keeps the pool's execution context running
+  /// for the callers that run there (see request_work).
   void arm_request_timer_locked(key_state& k, clock::time_point at) {
     k.timer_armed = true;
     k.timeout_timer.expires_at(at);
@@ -717,6 +724,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   }
 
   const executor executor_;
+  const asio::execution_context& context_;
   const strand_type strand_;
   const PoolConfig config_;
   const std::shared_ptr<spdlog::logger> log_;

@@ -11,7 +11,10 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <mutex>
+#include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace coropool::detail {
 
@@ -84,6 +87,14 @@ class request_entry : public request_base {
   /// Hands the answer (a Response, or the handler's exception) to the caller.
   virtual void complete(std::exception_ptr error, Response response) = 0;
 
+  /// The executor the caller's handler runs on, when it is an
+  /// any_io_executor (the default of every Asio token): answers to such
+  /// callers may be delivered in batches (see answer_batch). Null otherwise.
+  virtual const executor* batch_executor() const noexcept { return nullptr; }
+
+  /// Calls the caller's handler now; the caller runs on batch_executor() already.
+  virtual void invoke(std::exception_ptr error, Response response) { complete(std::move(error), std::move(response)); }
+
   void fail(error_code ec, std::exception_ptr error) final {
     complete(error ? std::move(error) : std::make_exception_ptr(boost::system::system_error(ec)), Response{});
   }
@@ -91,19 +102,70 @@ class request_entry : public request_base {
   Request request;
 };
 
+/// Where a request's caller is completed, and the work that keeps the
+/// caller's execution context running until then. When the caller runs on
+/// the pool's own execution context, the key's request timer, armed while
+/// any request of the key is outstanding, already keeps that context
+/// running: the request then counts no work of its own, which on an
+/// any_io_executor would cost a type-erased prefer() and two atomic
+/// operations per request.
+template <class Handler>
+class request_work {
+ public:
+  request_work(const Handler& handler, const executor& pool_executor, const asio::execution_context*)
+      : guard_(make_handler_work(handler, pool_executor)) {}
+
+  auto get_executor() const noexcept { return guard_.get_executor(); }
+
+ private:
+  handler_work<Handler> guard_;
+};
+
+template <class Handler>
+requires std::is_same_v<asio::associated_executor_t<Handler, executor>, executor>
+class request_work<Handler> {
+ public:
+  request_work(const Handler& handler, const executor& pool_executor, const asio::execution_context* pool_context)
+      : executor_(asio::get_associated_executor(handler, pool_executor)) {
+    if (&asio::query(executor_, asio::execution::context) != pool_context) {
+      executor_ = asio::prefer(executor_, asio::execution::outstanding_work.tracked);
+    }
+  }
+
+  const executor& get_executor() const noexcept { return executor_; }
+
+ private:
+  executor executor_;
+};
+
 /// The caller's handler, `void(std::exception_ptr, Response)`, and the work it keeps alive.
 template <class Request, class Response, class Handler>
 class request_op final : public request_entry<Request, Response> {
  public:
-  request_op(Request&& r, Handler&& handler, const executor& fallback)
+  request_op(Request&& r, Handler&& handler, const executor& pool_executor, const asio::execution_context* pool_context)
       : request_entry<Request, Response>(std::move(r)),
-        work_(make_handler_work(handler, fallback)),
+        work_(handler, pool_executor, pool_context),
         handler_(std::move(handler)) {}
 
   Handler& handler() noexcept { return handler_; }
 
   void complete(std::exception_ptr error, Response response) override {
-    defer_completion(std::move(work_), std::move(handler_), std::move(error), std::move(response));
+    auto work = std::move(work_);
+    asio::defer(work.get_executor(), asio::append(std::move(handler_), std::move(error), std::move(response)));
+  }
+
+  const executor* batch_executor() const noexcept override {
+    if constexpr (std::is_same_v<asio::associated_executor_t<Handler, executor>, executor>) {
+      return &work_.get_executor();
+    } else {
+      return nullptr;
+    }
+  }
+
+  void invoke(std::exception_ptr error, Response response) override {
+    auto work = std::move(work_);
+    auto handler = std::move(handler_);
+    std::move(handler)(std::move(error), std::move(response));
   }
 
   void abandon() noexcept override {
@@ -112,7 +174,7 @@ class request_op final : public request_entry<Request, Response> {
   }
 
  private:
-  handler_work<Handler> work_;
+  request_work<Handler> work_;
   Handler handler_;
 };
 
@@ -133,6 +195,83 @@ class stream_request_op final : public request_entry<Request, Response> {
 
  private:
   std::shared_ptr<StreamState> state_;
+};
+
+/// Answers a worker has given to callers on one executor, delivered together
+/// by one function submitted there: a worker serving a burst of requests
+/// costs the scheduler one operation per burst and executor, not one per
+/// request. The function is deferred, so it runs no later than one deferred
+/// per answer would: after the worker's current turn on its thread.
+/// Answers join it until it starts; after that a worker opens a new one.
+template <class Entry, class Response>
+class answer_batch {
+ public:
+  explicit answer_batch(const executor& target) : target_(target) {}
+
+  const executor& target() const noexcept { return target_; }
+
+  /// Adds an answer unless the batch has started running.
+  bool try_add(Entry& entry, std::exception_ptr& error, Response& response) {
+    std::lock_guard lock(mutex_);
+    if (started_) return false;
+    answers_.push_back(answer{boost::intrusive_ptr<Entry>(&entry), std::move(error), std::move(response)});
+    return true;
+  }
+
+  /// Delivers every answer. Should a handler throw (it escapes the
+  /// executor's run(), as with any Asio handler), the answers after it are
+  /// posted again first: none is dropped.
+  void run() {
+    std::vector<answer> answers;
+    {
+      std::lock_guard lock(mutex_);
+      started_ = true;
+      answers.swap(answers_);
+    }
+    for (std::size_t i = 0; i < answers.size(); ++i) {
+      try {
+        auto& a = answers[i];
+        a.entry->invoke(std::move(a.error), std::move(a.response));
+      } catch (...) {
+        if (i + 1 < answers.size()) {
+          auto rest = std::make_shared<answer_batch>(target_);
+          rest->answers_.assign(std::make_move_iterator(answers.begin() + static_cast<std::ptrdiff_t>(i) + 1),
+                                std::make_move_iterator(answers.end()));
+          asio::post(target_, [rest] { rest->run(); });
+        }
+        throw;
+      }
+    }
+  }
+
+ private:
+  struct answer {
+    boost::intrusive_ptr<Entry> entry;
+    std::exception_ptr error;
+    Response response;
+  };
+
+  const executor target_;
+  std::mutex mutex_;
+  bool started_ = false;
+  std::vector<answer> answers_;
+};
+
+/// A worker's side of answer_batch: the batch it adds to while it serves.
+template <class Entry, class Response>
+class answer_sender {
+ public:
+  void send(Entry& entry, std::exception_ptr error, Response response) {
+    const executor* target = entry.batch_executor();
+    if (!target) return entry.complete(std::move(error), std::move(response));
+    if (open_ && open_->target() == *target && open_->try_add(entry, error, response)) return;
+    open_ = std::make_shared<answer_batch<Entry, Response>>(*target);
+    open_->try_add(entry, error, response);
+    asio::defer(*target, [batch = open_] { batch->run(); });
+  }
+
+ private:
+  std::shared_ptr<answer_batch<Entry, Response>> open_;
 };
 
 }  // namespace coropool::detail

@@ -168,8 +168,21 @@ struct wake_batch {
   error_code ec;
   std::exception_ptr error;
 
+  /// Should a handler throw (it escapes the executor's run(), as with any
+  /// Asio handler), the waiters after it are posted again first: none is dropped.
   void operator()() {
-    for (const auto& w : waiters) w->invoke(ec, error);
+    for (std::size_t i = 0; i < waiters.size(); ++i) {
+      try {
+        waiters[i]->invoke(ec, error);
+      } catch (...) {
+        wake_batch rest{target, {}, ec, error};
+        rest.waiters.assign(waiters.begin() + static_cast<std::ptrdiff_t>(i) + 1, waiters.end());
+        waiters.resize(i + 1);
+        if (!rest.waiters.empty()) asio::post(target, std::move(rest));
+        asio::defer(target, disarm_timers{std::move(waiters)});
+        throw;
+      }
+    }
     asio::defer(target, disarm_timers{std::move(waiters)});
   }
 };
