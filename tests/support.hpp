@@ -58,6 +58,19 @@ inline auto echo_handler() {
 
 using IntPool = Pool<int, int>;
 
+/// The pool error inside a completion's exception_ptr; invalid_argument marks
+/// an exception that is not a pool error (tests compare, and fail).
+inline error_code error_of(const std::exception_ptr& e) {
+  try {
+    if (e) std::rethrow_exception(e);
+  } catch (const boost::system::system_error& error) {
+    return error.code();
+  } catch (...) {
+    return make_error_code(errc::invalid_argument);
+  }
+  return {};
+}
+
 /// A config whose logger is silent, so test output stays readable.
 PoolConfig quiet_config();
 

@@ -55,17 +55,6 @@ struct HandleLog {
   void leave() { in_flight.fetch_sub(1); }
 };
 
-error_code error_of(const std::exception_ptr& e) {
-  try {
-    if (e) std::rethrow_exception(e);
-  } catch (const boost::system::system_error& error) {
-    return error.code();
-  } catch (...) {
-    return make_error_code(errc::invalid_argument);  // not a pool error: tests compare and fail
-  }
-  return {};
-}
-
 PoolConfig small_config(std::size_t cold = 1, std::size_t max = 1, std::size_t capacity = 100) {
   PoolConfig config = quiet_config();
   config.cold_start_workers = cold;
@@ -697,7 +686,9 @@ TEST_CASE("every request completes exactly once under throws, cancellation and t
   CHECK(out.cancelled > 0);
   CHECK(out.timed_out >= stress_requests / 4000);  // every slow one at least
   CHECK(handled <= stress_requests);               // a cancelled queued request never reaches handle
-  CHECK(script->started <= 16);                    // 4 keys, at most 4 workers each
+  // 4 keys, at most 4 workers each, plus one replacement for each worker the
+  // health sweep declares dead: a slow request runs past request_timeout.
+  CHECK(script->started <= 16 + stress_requests / 4000);
   INFO("answered " << out.answered << ", thrown " << out.thrown << ", cancelled " << out.cancelled << ", timed out "
                    << out.timed_out << ", handled " << handled);
   CHECK(out.answered > stress_requests / 2);

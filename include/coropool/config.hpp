@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <memory>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
 
@@ -50,6 +52,29 @@ struct PoolConfig {
   /// An executor for blocking model code that the user owns; when empty the
   /// pool creates its own `asio::thread_pool` of `compute_threads` threads.
   std::optional<boost::asio::any_io_executor> compute_executor;
+
+  /// Workers a key keeps once it has been spawned: idle eviction stops
+  /// workers down to this many, and maintenance refills a key below it
+  /// (a warm key). At most `max_workers_per_key`.
+  std::size_t min_workers_per_key = 0;
+
+  /// Keys spawned when the pool is constructed, before any request.
+  std::vector<std::string> warm_keys;
+
+  /// How often the pool pings each loaded worker (positive).
+  std::chrono::steady_clock::duration health_interval = std::chrono::seconds(1);
+
+  /// A worker that has not answered a ping for this long is declared dead:
+  /// its request fails with `errc::worker_lost` and a replacement is spawned
+  /// where needed. At least `health_interval`.
+  std::chrono::steady_clock::duration health_timeout = std::chrono::seconds(5);
+
+  /// Workers parked for this long with nothing to do are stopped, down to
+  /// `min_workers_per_key` (positive).
+  std::chrono::steady_clock::duration idle_timeout = std::chrono::seconds(60);
+
+  /// How often idle eviction and the refill of warm keys run (positive).
+  std::chrono::steady_clock::duration maintenance_interval = std::chrono::seconds(1);
 
   /// The deadline `wait_for_workers(key)` uses when the caller gives none (positive).
   std::chrono::steady_clock::duration spawn_timeout = std::chrono::seconds(30);

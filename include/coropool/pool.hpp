@@ -291,6 +291,57 @@ class Pool {
     });
   }
 
+  /// Scales `key` to `workers` workers.
+  ///
+  /// Up: spawns the missing workers at once (the key is spawned if cold) and
+  /// completes when their loads have ended. Down: stops idle workers at
+  /// once and busy ones after their current request (loading workers are
+  /// left to finish), and completes when at most `workers` are left. Idle
+  /// eviction and scale-up on demand go on afterwards as usual.
+  ///
+  /// @param key     The key; must not be empty.
+  /// @param workers The target, at most `PoolConfig::max_workers_per_key`.
+  /// @param token   The completion token.
+  ///
+  /// @par Completion Signature
+  /// @code void(boost::system::error_code) @endcode
+  /// Success; `errc::spawn_failed` when a load failed and fewer workers are
+  /// ready than asked; `errc::invalid_argument`; `errc::shutting_down`.
+  template <class CompletionToken = asio::default_completion_token_t<executor_type>>
+  auto async_scale(std::string key, std::size_t workers,
+                   CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
+    return async_command(detail::command::kind::scale, std::move(key), workers, std::forward<CompletionToken>(token));
+  }
+
+  /// Evicts `key`: its workers serve what is queued, then stop; new
+  /// requests meanwhile are kept and served by a new spawn wave once the
+  /// old workers are gone. Minimum workers are not refilled for an evicted
+  /// key until it is used again.
+  ///
+  /// @par Completion Signature
+  /// @code void(boost::system::error_code) @endcode
+  /// Success once every worker of the key has stopped; `errc::invalid_argument`;
+  /// `errc::shutting_down`.
+  template <class CompletionToken = asio::default_completion_token_t<executor_type>>
+  auto async_evict(std::string key, CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
+    return async_command(detail::command::kind::evict, std::move(key), 0, std::forward<CompletionToken>(token));
+  }
+
+  /// Restarts `key`'s workers one by one while the key keeps serving: a
+  /// replacement is loaded first (one worker above `max_workers_per_key`
+  /// for that time), then the worker it replaces leaves after its current
+  /// request.
+  ///
+  /// @par Completion Signature
+  /// @code void(boost::system::error_code) @endcode
+  /// Success once every worker present at the call has been replaced;
+  /// `errc::spawn_failed` when a replacement failed to load (the workers not
+  /// yet replaced keep serving); `errc::invalid_argument`; `errc::shutting_down`.
+  template <class CompletionToken = asio::default_completion_token_t<executor_type>>
+  auto async_restart(std::string key, CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
+    return async_command(detail::command::kind::restart, std::move(key), 0, std::forward<CompletionToken>(token));
+  }
+
   /// Shuts the pool down.
   ///
   /// At once: new waits and submits fail with `errc::shutting_down`, and so
@@ -322,6 +373,24 @@ class Pool {
   // which is harmless only for trivially destructible initiations.
 
   using entry_type = detail::request_entry<Request, Response>;
+
+  template <class CompletionToken>
+  auto async_command(detail::command::kind what, std::string key, std::size_t workers, CompletionToken&& token) {
+    return asio::async_initiate<CompletionToken, void(error_code)>(command_initiation{core_.get(), what}, token,
+                                                                   std::move(key), workers);
+  }
+
+  struct command_initiation {
+    detail::pool_core* core;
+    detail::command::kind what;
+
+    template <class Handler>
+    void operator()(Handler&& handler, std::string key, std::size_t workers) const {
+      auto done = std::make_shared<detail::completion_op<std::decay_t<Handler>, error_code>>(
+          std::forward<Handler>(handler), core->get_executor());
+      core->send_command(detail::command{what, std::move(key), workers, std::move(done)});
+    }
+  };
 
   struct submit_initiation {
     detail::pool_core* core;
@@ -364,7 +433,7 @@ class Pool {
   static asio::awaitable<void> run_worker(Load& load, Handle& handle, StreamHandle& stream_handle,
                                           std::shared_ptr<detail::pool_core> core,
                                           std::shared_ptr<detail::worker_record> w) {
-    if (w->stop_requested.load(std::memory_order_acquire)) co_return;
+    if (!core->worker_starts(*w)) co_return;
     Model model = co_await load(w->key->name);  // owned until the worker ends
     core->worker_loaded(w);
     int burst = 0;
@@ -383,7 +452,11 @@ class Pool {
       auto& entry = static_cast<entry_type&>(*r);
       if (auto* stream = entry.stream()) {
         // Once started a stream is its reader's: timeouts and cancellation no longer apply.
-        if (core->claim_answer(entry)) co_await serve_stream(model, stream_handle, entry.request, *stream, *w);
+        if (core->claim_answer(entry, *w)) {
+          w->state.transition(worker_state::processing);  // refused once the worker is told to stop
+          co_await serve_stream(model, stream_handle, entry.request, *stream, *w);
+          w->state.transition(worker_state::ready);
+        }
         r = core->take_request(*w);
         continue;
       }

@@ -7,11 +7,13 @@
 #include "coropool/detail/spin_mutex.hpp"
 #include "coropool/detail/waiter.hpp"
 #include "coropool/error.hpp"
+#include "coropool/worker_state.hpp"
 
 #include <spdlog/logger.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/execution/context.hpp>
+#include <boost/asio/experimental/concurrent_channel.hpp>
 #include <boost/asio/query.hpp>
 #include <boost/asio/thread_pool.hpp>
 
@@ -28,11 +30,37 @@
 #include <thread>
 #include <unordered_map>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace coropool::detail {
 
 struct key_state;
+struct worker_record;
+
+/// The orchestrator's ping to one worker: a sequence number.
+using ping_channel = asio::experimental::concurrent_channel<void(error_code, std::uint64_t)>;
+
+/// A worker's answer to a ping: what the health sweep and stats see of it.
+struct pong {
+  std::shared_ptr<worker_record> worker;
+  worker_state state;
+  std::size_t in_flight;
+  std::uint64_t served;
+};
+
+/// A user's command to the orchestrator, and the handler it completes.
+struct command {
+  enum class kind : std::uint8_t { scale, evict, restart };
+  kind what;
+  std::string key;
+  std::size_t workers = 0;  // scale's target
+  std::shared_ptr<completion<error_code>> done;
+};
+
+/// What the orchestrator's inbox carries. `std::monostate` only wakes it.
+using orchestrator_message = std::variant<std::monostate, pong, command>;
+using inbox_channel = asio::experimental::concurrent_channel<void(error_code, orchestrator_message)>;
 
 /// One worker coroutine's bookkeeping. `strand` is the worker's own: its
 /// coroutine runs there, and so does everything that touches `stop_signal`.
@@ -50,17 +78,30 @@ struct worker_record {
   // coroutine has an operation to cancel is still seen.
   std::atomic<bool> stop_requested{false};
 
+  worker_state_cell state;
+  std::atomic<std::uint64_t> served{0};
+
+  // The health channel: the pool pings, the worker's responder answers.
+  ping_channel ping{strand, 1};
+
   // Worker strand only.
   asio::cancellation_signal stop_signal;
   bool finished = false;
 
   // Pool strand only.
   bool ready = false;
+  bool retired = false;        // out of routing: evicted, stopped or declared dead
+  bool declared_dead = false;  // by the health sweep
+  clock::time_point last_pong;
+  std::shared_ptr<worker_record> replaces;  // restart: the worker this one takes over from
 
   // Guarded by the key's mutex: the worker's coroutine while it waits for a
   // request (it is then among the key's idle workers). Like a pending
   // operation, it keeps its executor's work count up meanwhile.
   std::unique_ptr<completion<request_ptr>> parked;
+  request_ptr current;  // the request it is handling
+
+  clock::time_point idle_since;  // when it parked
 };
 
 /// Everything the pool knows of one key. The atomics are read from any
@@ -87,7 +128,19 @@ struct key_state {
   std::size_t loading = 0;  // loads in flight: the current spawn wave or scale-up
   std::exception_ptr last_failure;
   std::list<waiter_group> waiters;
-  std::vector<std::shared_ptr<worker_record>> workers;
+  std::vector<std::shared_ptr<worker_record>> workers;  // routable: loading or serving, not retired
+  bool warm = false;                                    // spawned and not evicted since: kept at min_workers_per_key
+  struct scale_op {
+    std::size_t target;
+    std::shared_ptr<completion<error_code>> done;
+  };
+  std::vector<scale_op> scale_ops;
+  std::vector<std::shared_ptr<completion<error_code>>> evict_ops;
+  std::vector<std::weak_ptr<worker_record>> restart_left;  // workers a restart has still to replace
+  std::vector<std::shared_ptr<completion<error_code>>> restart_ops;
+  std::uint64_t deaths = 0;
+  std::uint64_t evictions = 0;
+  std::uint64_t restarts = 0;
 
   // The request path, guarded by `mutex`. A request is in `outstanding`
   // (which holds a reference to it) from its acceptance until it is done,
@@ -99,7 +152,8 @@ struct key_state {
   request_list queue;
   deadline_list outstanding;
   std::vector<worker_record*> idle;
-  bool closed = false;  // shutdown: no new requests; workers leave once the queue is empty
+  bool closed = false;    // shutdown: no new requests; workers leave once the queue is empty
+  bool draining = false;  // evict(): workers leave once the queue is empty
   bool timer_armed = false;
   timer_type timeout_timer;  // the deadline of the oldest outstanding request
 };
@@ -118,10 +172,16 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
         config_(std::move(config)),
         log_(config_.logger ? config_.logger : spdlog::default_logger()),
         body_(std::move(body)),
-        shutdown_timer_(strand_) {
+        shutdown_timer_(strand_),
+        tick_timer_(strand_),
+        inbox_(executor_, inbox_capacity) {
     if (config_.cold_start_workers == 0 || config_.max_workers_per_key < config_.cold_start_workers ||
         config_.queue_capacity == 0 || config_.stream_buffer == 0 || config_.spawn_timeout <= clock::duration::zero() ||
-        config_.request_timeout <= clock::duration::zero()) {
+        config_.request_timeout <= clock::duration::zero() ||
+        config_.min_workers_per_key > config_.max_workers_per_key ||
+        config_.health_interval <= clock::duration::zero() || config_.health_timeout < config_.health_interval ||
+        config_.idle_timeout <= clock::duration::zero() || config_.maintenance_interval <= clock::duration::zero() ||
+        std::find(config_.warm_keys.begin(), config_.warm_keys.end(), std::string()) != config_.warm_keys.end()) {
       throw boost::system::system_error(make_error_code(errc::invalid_argument), "coropool::PoolConfig");
     }
     if (config_.compute_executor) {
@@ -140,6 +200,16 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     auto& registry = asio::use_service<pool_registry>(asio::query(ex, asio::execution::context));
     registry.add(core);
     core->registry_.store(&registry, std::memory_order_release);
+    if (!core->config_.warm_keys.empty()) {
+      asio::dispatch(core->strand_, [core] {
+        for (const auto& key : core->config_.warm_keys) {
+          key_state& k = core->key_for(key);
+          if (core->stopping_) return;
+          core->ensure_spawning(k);
+          core->refill(k);
+        }
+      });
+    }
     return core;
   }
 
@@ -244,9 +314,11 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     {
       std::lock_guard lock(k.mutex);
       r = take_locked(w);
-      if (!r && !k.closed && !w.stop_requested.load(std::memory_order_relaxed)) {
+      if (!r && !k.closed && !k.draining && !w.stop_requested.load(std::memory_order_relaxed)) {
         w.parked = std::make_unique<completion_op<std::decay_t<Handler>, request_ptr>>(std::forward<Handler>(handler),
                                                                                        executor_);
+        w.state.transition(worker_state::idle);
+        w.idle_since = clock::now();
         k.idle.push_back(&w);
         return;
       }
@@ -256,16 +328,16 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
 
   /// Whether a worker's answer to `r` goes to the caller: false when the
   /// request was completed meanwhile (timed out, cancelled, shut down).
-  bool claim_answer(request_base& r) {
+  bool claim_answer(request_base& r, worker_record& w) {
     std::lock_guard lock(r.key->mutex);
-    return claim_answer_locked(r);
+    return claim_answer_locked(r, w);
   }
 
   /// claim_answer() and then take_request(), under one lock: the worker's
   /// loop pays one lock per request.
   request_ptr claim_answer_and_take(request_base& r, worker_record& w, bool& answer) {
     std::lock_guard lock(w.key->mutex);
-    answer = claim_answer_locked(r);
+    answer = claim_answer_locked(r, w);
     return take_locked(w);
   }
 
@@ -286,7 +358,15 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
 
   /// Called by a worker on its strand once its model is loaded.
   void worker_loaded(std::shared_ptr<worker_record> w) {
+    w->state.transition(worker_state::ready);
+    asio::co_spawn(w->strand, respond_to_pings(shared_from_this(), w), asio::detached);
     asio::defer(strand_, [self = shared_from_this(), w = std::move(w)] { self->on_loaded(w); });
+  }
+
+  /// Called by a worker on its strand when its coroutine starts: false when
+  /// it was stopped before that.
+  bool worker_starts(worker_record& w) {
+    return w.state.transition(worker_state::loading) && !w.stop_requested.load(std::memory_order_acquire);
   }
 
  private:
@@ -308,6 +388,9 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
         k.idle.pop_back();
         wake = std::move(woken->parked);
         r->state = phase::in_flight;
+        woken->current = r;
+        woken->state.transition(worker_state::ready);
+        woken->state.transition(worker_state::processing);
       } else if (k.queue.size() < config_.queue_capacity) {
         r->state = phase::queued;
         k.queue.push_back(*r);
@@ -342,7 +425,11 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     r.fail(ec, nullptr);
   }
 
-  bool claim_answer_locked(request_base& r) {
+  /// The worker is done with `r`: it is between requests again.
+  bool claim_answer_locked(request_base& r, worker_record& w) {
+    w.current = nullptr;
+    w.served.fetch_add(1, std::memory_order_relaxed);
+    w.state.transition(worker_state::ready);
     if (r.state == request_base::phase::done) return false;
     claim_locked(*r.key, r);  // the worker's reference keeps r alive
     return true;
@@ -355,6 +442,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     request_base& r = k.queue.front();
     k.queue.pop_front();
     r.state = request_base::phase::in_flight;
+    w.current = request_ptr(&r);
+    w.state.transition(worker_state::processing);
     promote_room_waiter_locked(k);
     return request_ptr(&r);
   }
@@ -477,6 +566,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       std::lock_guard lock(k.mutex);
       backlog = !k.queue.empty() || !k.room_waiters.empty();
       idle = !k.idle.empty();
+      if (k.draining) return;  // evict(): the key's workers are leaving; advance_commands() attends after
     }
     if (!backlog) return;
     if (k.ready_workers.load(std::memory_order_relaxed) == 0) return ensure_spawning(k);
@@ -595,6 +685,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   void spawn_worker(key_state& k) {
     auto w = std::make_shared<worker_record>(++next_worker_id_, k, executor_);
     k.workers.push_back(w);
+    k.warm = true;
     ++k.loading;
     ++live_workers_;
     k.live_workers.fetch_add(1, std::memory_order_release);
@@ -605,39 +696,85 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
               w->finished = true;
               asio::defer(self->strand_, [self, w, e = std::move(e)] { self->on_exit(w, e); });
             })));
+    start_maintenance();
+  }
+
+  /// The health responder of a loaded worker: on its strand, beside the
+  /// worker's own coroutine, so it answers while a handler is suspended but
+  /// not while one blocks the thread. Each ping gets exactly one pong.
+  static asio::awaitable<void> respond_to_pings(std::shared_ptr<pool_core> self, std::shared_ptr<worker_record> w) {
+    for (;;) {
+      auto [ec, seq] = co_await w->ping.async_receive(asio::as_tuple(asio::use_awaitable));
+      if (ec) co_return;  // the worker is gone
+      const worker_state state = w->state.load();
+      orchestrator_message message(
+          pong{w, state, state == worker_state::processing ? 1u : 0u, w->served.load(std::memory_order_relaxed)});
+      auto [send_ec] =
+          co_await self->inbox_.async_send(error_code{}, std::move(message), asio::as_tuple(asio::use_awaitable));
+      if (send_ec) co_return;  // the pool has shut down
+    }
   }
 
   void on_loaded(const std::shared_ptr<worker_record>& w) {
     key_state& k = *w->key;
+    if (w->retired) return;  // stopped while its load ended
     --k.loading;
     w->ready = true;
+    w->last_pong = clock::now();
     k.ready_workers.fetch_add(1, std::memory_order_release);
     if (stopping_) return;  // it serves what its key still has queued, then leaves
     finish_all(k, {});      // wake first, then log
     log_->info("coropool: key '{}' worker {} ready", k.name, w->id);
+    if (auto old = std::exchange(w->replaces, nullptr)) stop_gracefully(old);
     attend(k);
+    advance_commands(k);
   }
 
-  void on_exit(const std::shared_ptr<worker_record>& w, const std::exception_ptr& e) {
+  /// Takes a worker out of its key's routing: it counts no more as one of
+  /// the key's workers, although its coroutine may still be running.
+  void retire(const std::shared_ptr<worker_record>& w) {
+    if (w->retired) return;
     key_state& k = *w->key;
+    w->retired = true;
     std::erase(k.workers, w);
-    --live_workers_;
     k.live_workers.fetch_sub(1, std::memory_order_release);
     if (w->ready) {
       k.ready_workers.fetch_sub(1, std::memory_order_release);
     } else {
       --k.loading;
-      if (!stopping_) {
-        k.last_failure = e ? e : std::make_exception_ptr(std::runtime_error("loader ended without a model"));
-        log_->warn("coropool: key '{}' worker {} failed to load: {}", k.name, w->id,
-                   spawn_error::describe(k.last_failure));
-      }
+    }
+    if (!w->finished) retired_.push_back(w);
+  }
+
+  void on_exit(const std::shared_ptr<worker_record>& w, const std::exception_ptr& e) {
+    key_state& k = *w->key;
+    --live_workers_;
+    w->ping.close();
+    const bool was_routable = !w->retired;
+    const bool loaded = w->ready;
+    retire(w);
+    std::erase(retired_, w);
+    if (was_routable && !loaded && !stopping_ && w->state.load() == worker_state::loading) {
+      w->state.transition(worker_state::failed);
+    } else {
+      w->state.begin_eviction();
+    }
+    w->state.transition(worker_state::dead);
+    if (was_routable && !loaded && !stopping_) {
+      k.last_failure = e ? e : std::make_exception_ptr(std::runtime_error("loader ended without a model"));
+      log_->warn("coropool: key '{}' worker {} failed to load: {}", k.name, w->id,
+                 spawn_error::describe(k.last_failure));
+      if (auto old = std::exchange(w->replaces, nullptr)) abort_restart(k);
+    } else if (was_routable && e) {
+      // A loaded worker whose coroutine ended by an exception: as if declared dead.
+      log_->error("coropool: key '{}' worker {} died: {}", k.name, w->id, spawn_error::describe(e));
+      fail_current(*w, errc::worker_lost);
     }
     if (k.loading == 0 && k.ready_workers.load(std::memory_order_relaxed) == 0) {
       // Nobody is left to serve this key's requests, nor about to be.
       if (stopping_) {
         fail_requests(k, errc::shutting_down);
-      } else if (!w->ready) {
+      } else if (was_routable && !loaded) {
         auto error = std::make_exception_ptr(spawn_error(k.name, k.last_failure));
         finish_all(k, errc::spawn_failed, error);
         fail_requests(k, errc::spawn_failed, error);
@@ -645,23 +782,330 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     }
     // A load ended (see attend), or a worker that served is gone: what is still queued may need another.
     attend(k);
+    advance_commands(k);
     if (stopping_ && live_workers_ == 0) finish_shutdown();
+    if (live_workers_ == 0) wake_orchestrator();  // it ends when the pool has nothing left to look after
+  }
+
+  /// Fails the request a worker holds, if it is not done already.
+  void fail_current(worker_record& w, error_code ec) {
+    request_ptr lost;
+    {
+      std::lock_guard lock(w.key->mutex);
+      if (w.current && w.current->state != request_base::phase::done) {
+        lost = w.current;
+        claim_locked(*w.key, *lost);
+      }
+    }
+    if (lost) lost->fail(ec, nullptr);
   }
 
   /// Stops a worker now: a parked one is handed null, and whatever it awaits
   /// (its load, its handler's operation) is cancelled. The signal is emitted
   /// on the worker's own strand, where its coroutine runs.
   void request_stop(const std::shared_ptr<worker_record>& w) {
+    stop_gracefully(w);
+    asio::post(w->strand, [w] {
+      if (!w->finished) w->stop_signal.emit(asio::cancellation_type::terminal);
+    });
+  }
+
+  /// Stops a worker once it has finished what it is doing: a parked one at
+  /// once, a busy one after its current request; it takes no new one.
+  void stop_gracefully(const std::shared_ptr<worker_record>& w) {
     w->stop_requested.store(true, std::memory_order_release);
+    w->state.begin_eviction();
     std::vector<worker_record*> released;
     {
       std::lock_guard lock(w->key->mutex);
       release_parked_locked(*w, released);
     }
     wake_released(released);
-    asio::post(w->strand, [w] {
-      if (!w->finished) w->stop_signal.emit(asio::cancellation_type::terminal);
+    retire(w);
+  }
+
+  /// The health sweep found a worker unresponsive (no pong within
+  /// health_timeout) or stuck on a request past its deadline: it leaves
+  /// routing now, its caller is completed, a replacement is spawned where
+  /// the key needs one, and its coroutine is cancelled.
+  void declare_dead(const std::shared_ptr<worker_record>& w, error_code ec, const char* why) {
+    key_state& k = *w->key;
+    log_->error("coropool: key '{}' worker {} declared dead: {}", k.name, w->id, why);
+    w->declared_dead = true;
+    ++k.deaths;
+    fail_current(*w, ec);
+    w->ping.close();
+    request_stop(w);
+    attend(k);
+    refill(k);
+  }
+
+  // --- maintenance: one timer on the strand, armed while the pool has workers ---
+
+  void start_maintenance() {
+    start_orchestrator();
+    if (tick_armed_ || stopping_ || live_workers_ == 0) return;
+    tick_armed_ = true;
+    const auto now = clock::now();
+    if (next_health_ == clock::time_point{}) next_health_ = now + config_.health_interval;
+    if (next_maintenance_ == clock::time_point{}) next_maintenance_ = now + config_.maintenance_interval;
+    tick_timer_.expires_at(std::min(next_health_, next_maintenance_));
+    tick_timer_.async_wait([self = shared_from_this()](error_code ec) {
+      self->tick_armed_ = false;
+      if (!ec) self->on_tick();
     });
+  }
+
+  void on_tick() {
+    if (stopping_) return;  // shutdown has its own deadline
+    const auto now = clock::now();
+    if (now >= next_health_) {
+      next_health_ = now + config_.health_interval;
+      health_sweep(now);
+    }
+    if (now >= next_maintenance_) {
+      next_maintenance_ = now + config_.maintenance_interval;
+      for (key_state* k : all_keys()) {
+        evict_idle(*k, now);
+        refill(*k);
+      }
+    }
+    if (live_workers_ == 0) {
+      next_health_ = next_maintenance_ = clock::time_point{};  // idle: the next worker restarts the clock
+      return;
+    }
+    start_maintenance();
+  }
+
+  void health_sweep(clock::time_point now) {
+    for (key_state* k : all_keys()) {
+      for (auto w : std::vector(k->workers)) {  // declare_dead changes the list
+        if (!w->ready) continue;                // loads are bounded by spawn_timeout's callers, not pinged
+        if (now - w->last_pong > config_.health_timeout) {
+          declare_dead(w, errc::worker_lost, "no pong within health_timeout");
+          continue;
+        }
+        bool overdue = false;
+        {
+          std::lock_guard lock(k->mutex);
+          overdue = w->current && w->current->deadline <= now;
+        }
+        if (overdue) {
+          declare_dead(w, errc::request_timeout, "its request ran past request_timeout");
+          continue;
+        }
+        w->ping.try_send(error_code{}, ++ping_sequence_);  // full: the last ping is still unanswered
+      }
+    }
+  }
+
+  void on_pong(const pong& p) {
+    if (p.worker->retired) return;
+    p.worker->last_pong = clock::now();
+  }
+
+  /// Stops workers parked for idle_timeout, oldest first, down to min_workers_per_key.
+  void evict_idle(key_state& k, clock::time_point now) {
+    std::vector<worker_record*> released;
+    {
+      std::lock_guard lock(k.mutex);
+      std::size_t live = k.live_workers.load(std::memory_order_relaxed);
+      // k.idle is a stack: the most recently parked is handed work first, the oldest age at the front.
+      while (!k.idle.empty() && live > config_.min_workers_per_key &&
+             now - k.idle.front()->idle_since >= config_.idle_timeout) {
+        released.push_back(k.idle.front());
+        k.idle.erase(k.idle.begin());
+        --live;
+      }
+    }
+    for (worker_record* w : released) {
+      auto owner = find_worker(k, w);
+      log_->info("coropool: key '{}' worker {} idle for {} ms, evicting", k.name, w->id,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(config_.idle_timeout).count());
+      ++k.evictions;
+      w->stop_requested.store(true, std::memory_order_release);
+      w->state.begin_eviction();
+      if (owner) retire(owner);
+    }
+    wake_released(released);
+  }
+
+  static std::shared_ptr<worker_record> find_worker(key_state& k, const worker_record* w) {
+    for (auto& candidate : k.workers) {
+      if (candidate.get() == w) return candidate;
+    }
+    return nullptr;
+  }
+
+  /// Keeps a warm key at min_workers_per_key.
+  void refill(key_state& k) {
+    if (stopping_ || !k.warm || k.loading > 0) return;
+    const std::size_t live = k.live_workers.load(std::memory_order_relaxed);
+    if (live >= config_.min_workers_per_key) return;
+    log_->info("coropool: key '{}' has {} worker(s), refilling to {}", k.name, live, config_.min_workers_per_key);
+    for (std::size_t i = live; i < config_.min_workers_per_key; ++i) spawn_worker(k);
+  }
+
+  // --- the orchestrator: one coroutine on the strand reading the inbox ---
+
+  /// The orchestrator runs while the pool has workers or commands: a pool
+  /// with neither keeps no coroutine of its own (co_spawn counts work).
+  void start_orchestrator() {
+    if (orchestrator_running_ || stopped_) return;
+    orchestrator_running_ = true;
+    asio::co_spawn(strand_, orchestrate(shared_from_this()), asio::detached);
+  }
+
+  void wake_orchestrator() {
+    if (orchestrator_running_) inbox_.try_send(error_code{}, orchestrator_message{});
+  }
+
+  static asio::awaitable<void> orchestrate(std::shared_ptr<pool_core> self) {
+    for (;;) {
+      orchestrator_message message;
+      if (!self->inbox_.try_receive([&](error_code, orchestrator_message m) { message = std::move(m); })) {
+        if (self->live_workers_ == 0 || self->stopped_) break;  // nothing to look after: leave rather than wait
+        auto [ec, m] = co_await self->inbox_.async_receive(asio::as_tuple(asio::use_awaitable));
+        if (ec) break;
+        message = std::move(m);
+      }
+      if (auto* p = std::get_if<pong>(&message)) {
+        self->on_pong(*p);
+      } else if (auto* c = std::get_if<command>(&message)) {
+        self->on_command(std::move(*c));
+      }
+    }
+    self->orchestrator_running_ = false;
+  }
+
+ public:
+  /// Sends a user's command to the orchestrator; callable from any thread.
+  /// Never dropped: a command the inbox cannot take completes with
+  /// shutting_down.
+  void send_command(command c) {
+    asio::dispatch(strand_, [self = shared_from_this(), c = std::move(c)]() mutable {
+      if (self->stopping_) return c.done->complete(errc::shutting_down);
+      auto done = c.done;
+      self->inbox_.async_send(error_code{}, orchestrator_message(std::move(c)), [done](error_code ec) {
+        if (ec) done->complete(errc::shutting_down);  // the message, and with it the command, is gone
+      });
+      self->start_orchestrator();  // after the send: a new orchestrator may run inline and must find it
+    });
+  }
+
+ private:
+  void on_command(command c) {
+    if (stopping_) return c.done->complete(errc::shutting_down);
+    if (c.key.empty()) return c.done->complete(errc::invalid_argument);
+    key_state& k = key_for(c.key);
+    switch (c.what) {
+      case command::kind::scale:
+        if (c.workers > config_.max_workers_per_key) return c.done->complete(errc::invalid_argument);
+        k.scale_ops.push_back({c.workers, c.done});
+        scale(k, c.workers);
+        break;
+      case command::kind::evict:
+        k.evict_ops.push_back(c.done);
+        evict(k);
+        break;
+      case command::kind::restart:
+        k.restart_ops.push_back(c.done);
+        for (auto& w : k.workers) {
+          if (!w->replaces) k.restart_left.push_back(w);
+        }
+        break;
+    }
+    advance_commands(k);
+  }
+
+  void scale(key_state& k, std::size_t target) {
+    k.warm = true;
+    std::size_t live = k.live_workers.load(std::memory_order_relaxed);
+    if (live < target) {
+      log_->info("coropool: key '{}' scaling up from {} to {} worker(s)", k.name, live, target);
+      k.last_failure = nullptr;
+      for (; live < target; ++live) spawn_worker(k);
+      return;
+    }
+    if (live > target) log_->info("coropool: key '{}' scaling down from {} to {} worker(s)", k.name, live, target);
+    // Idle workers first, then busy ones after their request; loading ones are left alone.
+    std::vector<std::shared_ptr<worker_record>> chosen;
+    {
+      std::lock_guard lock(k.mutex);
+      for (auto it = k.idle.begin(); it != k.idle.end() && live - chosen.size() > target; ++it) {
+        if (auto w = find_worker(k, *it)) chosen.push_back(std::move(w));
+      }
+    }
+    for (auto& w : k.workers) {
+      if (live - chosen.size() <= target) break;
+      if (w->ready && std::find(chosen.begin(), chosen.end(), w) == chosen.end()) chosen.push_back(w);
+    }
+    for (auto& w : chosen) stop_gracefully(w);
+  }
+
+  void evict(key_state& k) {
+    log_->info("coropool: evicting key '{}' ({} worker(s)) once its queue drains", k.name,
+               k.live_workers.load(std::memory_order_relaxed));
+    k.warm = false;
+    std::vector<worker_record*> released;
+    {
+      std::lock_guard lock(k.mutex);
+      k.draining = true;
+      released = std::exchange(k.idle, {});  // the queue is empty whenever a worker is parked
+    }
+    for (worker_record* w : released) {
+      if (auto owner = find_worker(k, w)) {
+        w->stop_requested.store(true, std::memory_order_release);
+        w->state.begin_eviction();
+        retire(owner);
+      }
+    }
+    ++k.evictions;
+    wake_released(released);
+  }
+
+  /// Completes the commands whose work is done and moves restarts on.
+  void advance_commands(key_state& k) {
+    const std::size_t live = k.live_workers.load(std::memory_order_relaxed);
+    const std::size_t ready = k.ready_workers.load(std::memory_order_relaxed);
+    if (k.loading == 0) {
+      std::erase_if(k.scale_ops, [&](const key_state::scale_op& op) {
+        if (live > op.target) return false;
+        op.done->complete(ready >= op.target ? error_code{} : make_error_code(errc::spawn_failed));
+        return true;
+      });
+    }
+    if (!k.evict_ops.empty() && live == 0) {
+      {
+        std::lock_guard lock(k.mutex);
+        k.draining = false;
+      }
+      for (auto& done : std::exchange(k.evict_ops, {})) done->complete(error_code{});
+      attend(k);  // requests that came meanwhile get a new wave
+    }
+    if (!k.restart_ops.empty() && k.loading == 0) {
+      std::shared_ptr<worker_record> old;
+      while (!old && !k.restart_left.empty()) {
+        old = k.restart_left.back().lock();
+        k.restart_left.pop_back();
+        if (old && old->retired) old = nullptr;
+      }
+      if (!old) {
+        for (auto& done : std::exchange(k.restart_ops, {})) done->complete(error_code{});
+        return;
+      }
+      // One replacement at a time, loaded before the worker it replaces leaves: the key serves throughout.
+      log_->info("coropool: key '{}' restarting worker {}", k.name, old->id);
+      ++k.restarts;
+      spawn_worker(k);
+      k.workers.back()->replaces = std::move(old);
+    }
+  }
+
+  /// A restart's replacement failed to load: the workers left keep serving.
+  void abort_restart(key_state& k) {
+    k.restart_left.clear();
+    for (auto& done : std::exchange(k.restart_ops, {})) done->complete(errc::spawn_failed);
   }
 
   /// Shutdown, step one: close every key. Queued requests still drain to
@@ -687,8 +1131,9 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   void abandon_work() {
     for (key_state* k : all_keys()) {
       fail_requests(*k, errc::shutting_down);
-      for (auto& w : k->workers) request_stop(w);
+      for (auto& w : std::vector(k->workers)) request_stop(w);  // request_stop retires: copy the list
     }
+    for (auto& w : std::vector(retired_)) request_stop(w);
   }
 
   void shutdown(clock::duration deadline, std::unique_ptr<completion<error_code>> op) {
@@ -714,6 +1159,16 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
 
   void finish_shutdown() {
     shutdown_timer_.cancel();
+    tick_timer_.cancel();
+    if (!stopped_) {
+      stopped_ = true;
+      // Commands still in the inbox complete before it closes (close() would discard them).
+      while (inbox_.try_receive([&](error_code, orchestrator_message m) {
+        if (auto* c = std::get_if<command>(&m)) c->done->complete(errc::shutting_down);
+      })) {
+      }
+      inbox_.close();
+    }
     for (key_state* k : all_keys()) {
       std::lock_guard lock(k->mutex);
       k->timeout_timer.cancel();  // nothing is outstanding: let the timer's handler release the core
@@ -741,9 +1196,25 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   executor compute_executor_;
 
   bool stopping_ = false;
-  std::size_t live_workers_ = 0;
+  std::size_t live_workers_ = 0;  // worker coroutines running, retired ones included
   std::uint64_t next_worker_id_ = 0;
   timer_type shutdown_timer_;
+  bool stopped_ = false;  // shutdown has finished
+
+  // Workers out of routing whose coroutines still run (stopping, or declared dead).
+  std::vector<std::shared_ptr<worker_record>> retired_;
+
+  // Maintenance.
+  timer_type tick_timer_;
+  bool tick_armed_ = false;
+  clock::time_point next_health_;
+  clock::time_point next_maintenance_;
+  std::uint64_t ping_sequence_ = 0;
+
+  // The orchestrator's inbox: pongs and users' commands.
+  static constexpr std::size_t inbox_capacity = 1024;
+  inbox_channel inbox_;
+  bool orchestrator_running_ = false;
   std::vector<std::unique_ptr<completion<error_code>>> shutdown_ops_;
 };
 
