@@ -7,5 +7,7 @@
 #include "coropool/error.hpp"
 #include "coropool/offload.hpp"
 #include "coropool/pool.hpp"
+#include "coropool/stats.hpp"
 #include "coropool/stream.hpp"
 #include "coropool/version.hpp"
+#include "coropool/worker_state.hpp"

@@ -573,7 +573,7 @@ plan plan_of(int request) {
 struct Outcomes {
   explicit Outcomes(int n) : completions(static_cast<std::size_t>(n)) {}
   std::vector<std::atomic<std::uint8_t>> completions;
-  std::atomic<int> answered{0}, thrown{0}, cancelled{0}, timed_out{0}, wrong{0};
+  std::atomic<int> answered{0}, thrown{0}, cancelled{0}, timed_out{0}, lost{0}, refused{0}, wrong{0};
   std::atomic<int> clients_done{0};
 };
 
@@ -612,6 +612,10 @@ asio::awaitable<void> stress_client(IntPool& pool, Outcomes& out, int first, int
     const error_code ec = error_of(error);
     if (ec == errc::request_timeout) {
       out.timed_out.fetch_add(1);
+    } else if (ec == errc::worker_lost) {  // its worker was stopped by a restart's or the health sweep's hand
+      out.lost.fetch_add(1);
+    } else if (ec == errc::circuit_open) {
+      out.refused.fetch_add(1);
     } else if (ec == asio::error::operation_aborted && p == plan::cancelled) {
       out.cancelled.fetch_add(1);
     } else if (p == plan::throws && ec == errc::invalid_argument) {  // error_of's mark for a non-pool exception
@@ -635,6 +639,20 @@ TEST_CASE("every request completes exactly once under throws, cancellation and t
   asio::io_context ioc(2);
   PoolConfig config = small_config(2, 4, 100);
   config.request_timeout = 200ms;
+  // Lifecycle running throughout: health pings, idle eviction, scale-down and restarts (below).
+  config.health_interval = 10ms;
+  config.health_timeout = 2s;  // a busy sanitizer run must not pass for a hang
+  config.maintenance_interval = 10ms;
+  config.idle_timeout = 20ms;
+  config.breaker_counts = [](const std::exception_ptr& e) {  // the planned throws are the callers' business
+    try {
+      std::rethrow_exception(e);
+    } catch (const model_error&) {
+      return false;
+    } catch (...) {
+      return true;
+    }
+  };
   auto script = std::make_shared<LoadScript>();
   script->delay = 1ms;
   std::atomic<int> handled{0};
@@ -656,6 +674,7 @@ TEST_CASE("every request completes exactly once under throws, cancellation and t
 
   constexpr int clients = 256;
   Outcomes out(stress_requests);
+  std::atomic<int> commands{0};
   for (int c = 0; c < clients; ++c) {
     asio::co_spawn(asio::make_strand(ioc), stress_client(pool, out, c, clients, static_cast<unsigned>(c + 1)),
                    asio::detached);
@@ -664,9 +683,17 @@ TEST_CASE("every request completes exactly once under throws, cancellation and t
       ioc,
       [&]() -> asio::awaitable<void> {
         asio::steady_timer t(co_await asio::this_coro::executor);
-        while (out.clients_done < clients) {  // the test's observer, not the pool's
+        std::minstd_rand rng(7);
+        const std::string keys[] = {"k0", "k1", "k2", "k3"};
+        while (out.clients_done < clients) {  // the test's observer, and the lifecycle's chaos
           t.expires_after(5ms);
           co_await t.async_wait(asio::use_awaitable);
+          const std::string& key = keys[rng() % 4];
+          if (rng() % 8 == 0) {
+            pool.async_restart(key, [&](error_code) { commands.fetch_add(1); });
+          } else {
+            pool.async_scale(key, 1 + rng() % 4, [&](error_code) { commands.fetch_add(1); });
+          }
         }
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
@@ -681,15 +708,18 @@ TEST_CASE("every request completes exactly once under throws, cancellation and t
   CHECK(missing == 0);
   CHECK(duplicated == 0);
   CHECK(out.wrong == 0);
-  CHECK(out.answered + out.thrown + out.cancelled + out.timed_out == stress_requests);
+  CHECK(out.answered + out.thrown + out.cancelled + out.timed_out + out.lost + out.refused == stress_requests);
+  CHECK(commands > 0);
   CHECK(out.thrown > 0);
   CHECK(out.cancelled > 0);
   CHECK(out.timed_out >= stress_requests / 4000);  // every slow one at least
   CHECK(handled <= stress_requests);               // a cancelled queued request never reaches handle
-  // 4 keys, at most 4 workers each, plus one replacement for each worker the
-  // health sweep declares dead: a slow request runs past request_timeout.
-  CHECK(script->started <= 16 + stress_requests / 4000);
+  const auto stats = pool.stats().total();
+  CHECK(stats.loads == static_cast<std::uint64_t>(script->started.load()));
+  CHECK(stats.submitted + stats.rejected == static_cast<std::uint64_t>(stress_requests));
+  CHECK(stats.completed + stats.failed + stats.timed_out + stats.cancelled == stats.submitted);
   INFO("answered " << out.answered << ", thrown " << out.thrown << ", cancelled " << out.cancelled << ", timed out "
-                   << out.timed_out << ", handled " << handled);
+                   << out.timed_out << ", lost " << out.lost << ", refused " << out.refused << ", handled " << handled
+                   << ", loads " << script->started << ", commands " << commands);
   CHECK(out.answered > stress_requests / 2);
 }

@@ -5,6 +5,8 @@
 
 #include <chrono>
 #include <cstddef>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -75,6 +77,22 @@ struct PoolConfig {
 
   /// How often idle eviction and the refill of warm keys run (positive).
   std::chrono::steady_clock::duration maintenance_interval = std::chrono::seconds(1);
+
+  /// Consecutive failures (load failures, handler exceptions, workers lost)
+  /// that open a key's circuit breaker; 0 disables the breaker.
+  std::size_t failure_threshold = 5;
+
+  /// How long an open breaker refuses everything before it lets probes through (positive).
+  std::chrono::steady_clock::duration open_duration = std::chrono::seconds(60);
+
+  /// Requests a half-open breaker lets through; as many successes close it,
+  /// a failure opens it again (at least 1).
+  std::size_t half_open_probes = 3;
+
+  /// Which exceptions of `load` and `handle` count as failures for the
+  /// breaker. Empty: every exception except cancellation
+  /// (`operation_aborted`). Called outside the pool's locks; must not throw.
+  std::function<bool(const std::exception_ptr&)> breaker_counts;
 
   /// The deadline `wait_for_workers(key)` uses when the caller gives none (positive).
   std::chrono::steady_clock::duration spawn_timeout = std::chrono::seconds(30);

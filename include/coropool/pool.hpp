@@ -134,6 +134,14 @@ class Pool {
   /// How many workers of `key` are ready to serve (loaded and not stopping).
   std::size_t worker_count(const std::string& key) const { return core_->ready_workers(key); }
 
+  /// A snapshot of the pool's statistics, per key and in total (see
+  /// PoolStats, to_prometheus).
+  ///
+  /// @par Thread Safety
+  /// Any thread. Each key's figures are consistent with each other; keys
+  /// are read one after another.
+  PoolStats stats() const { return core_->stats(); }
+
   /// How many workers of `key` exist, loading or serving.
   std::size_t live_worker_count(const std::string& key) const { return core_->live_workers(key); }
 
@@ -467,8 +475,9 @@ class Pool {
       } catch (...) {
         error = std::current_exception();
       }
+      const bool failure = error && core->counts_as_failure(error);  // user code: before the lock
       bool answer = false;
-      detail::request_ptr next = core->claim_answer_and_take(entry, *w, answer);
+      detail::request_ptr next = core->claim_answer_and_take(entry, *w, answer, error != nullptr, failure);
       if (answer) answers.send(entry, std::move(error), std::move(response));
       r = std::move(next);
     }

@@ -2,11 +2,13 @@
 
 #include "coropool/config.hpp"
 #include "coropool/detail/asio.hpp"
+#include "coropool/detail/breaker.hpp"
 #include "coropool/detail/registry.hpp"
 #include "coropool/detail/request.hpp"
 #include "coropool/detail/spin_mutex.hpp"
 #include "coropool/detail/waiter.hpp"
 #include "coropool/error.hpp"
+#include "coropool/stats.hpp"
 #include "coropool/worker_state.hpp"
 
 #include <spdlog/logger.h>
@@ -108,7 +110,10 @@ struct worker_record {
 /// thread; the spawn state only on the pool strand; the request path under
 /// `mutex`, which is never held across a suspension or while user code runs.
 struct key_state {
-  key_state(std::string key_name, const executor& ex) : name(std::move(key_name)), timeout_timer(ex) {}
+  key_state(std::string key_name, const executor& ex, const PoolConfig& config)
+      : name(std::move(key_name)),
+        breaker(config.failure_threshold, config.open_duration, config.half_open_probes),
+        timeout_timer(ex) {}
   key_state(const key_state&) = delete;
   key_state& operator=(const key_state&) = delete;
 
@@ -138,9 +143,14 @@ struct key_state {
   std::vector<std::shared_ptr<completion<error_code>>> evict_ops;
   std::vector<std::weak_ptr<worker_record>> restart_left;  // workers a restart has still to replace
   std::vector<std::shared_ptr<completion<error_code>>> restart_ops;
-  std::uint64_t deaths = 0;
-  std::uint64_t evictions = 0;
-  std::uint64_t restarts = 0;
+
+  // Counters of lifecycle events, changed on the strand, read by stats().
+  std::atomic<std::uint64_t> loads{0};
+  std::atomic<std::uint64_t> load_failures{0};
+  std::atomic<std::uint64_t> deaths{0};
+  std::atomic<std::uint64_t> evictions{0};
+  std::atomic<std::uint64_t> restarts{0};
+  std::atomic<std::size_t> waiter_count{0};
 
   // The request path, guarded by `mutex`. A request is in `outstanding`
   // (which holds a reference to it) from its acceptance until it is done,
@@ -155,6 +165,12 @@ struct key_state {
   bool closed = false;    // shutdown: no new requests; workers leave once the queue is empty
   bool draining = false;  // evict(): workers leave once the queue is empty
   bool timer_armed = false;
+  circuit_breaker breaker;
+  // Every worker whose coroutine runs, retired ones included (for stats).
+  std::vector<std::shared_ptr<worker_record>> all_workers;
+  // Request counters (see KeyStats).
+  std::uint64_t submitted = 0, completed = 0, failed = 0, timed_out = 0, cancelled = 0, rejected = 0;
+  LatencyHistogram latency;
   timer_type timeout_timer;  // the deadline of the oldest outstanding request
 };
 
@@ -181,6 +197,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
         config_.min_workers_per_key > config_.max_workers_per_key ||
         config_.health_interval <= clock::duration::zero() || config_.health_timeout < config_.health_interval ||
         config_.idle_timeout <= clock::duration::zero() || config_.maintenance_interval <= clock::duration::zero() ||
+        config_.open_duration <= clock::duration::zero() || config_.half_open_probes == 0 ||
         std::find(config_.warm_keys.begin(), config_.warm_keys.end(), std::string()) != config_.warm_keys.end()) {
       throw boost::system::system_error(make_error_code(errc::invalid_argument), "coropool::PoolConfig");
     }
@@ -246,6 +263,39 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     return it == keys_.end() ? 0 : it->second->ready_workers.load(std::memory_order_acquire);
   }
 
+  /// A snapshot of every key's counters and gauges; callable from any thread.
+  PoolStats stats() const {
+    PoolStats s;
+    s.rejected = rejected_.load(std::memory_order_relaxed);
+    std::lock_guard keys_lock(keys_mutex_);
+    const auto now = clock::now();
+    for (const auto& [name, k] : keys_) {
+      KeyStats& ks = s.keys[name];
+      ks.waiters = k->waiter_count.load(std::memory_order_relaxed);
+      ks.loads = k->loads.load(std::memory_order_relaxed);
+      ks.load_failures = k->load_failures.load(std::memory_order_relaxed);
+      ks.deaths = k->deaths.load(std::memory_order_relaxed);
+      ks.evictions = k->evictions.load(std::memory_order_relaxed);
+      ks.restarts = k->restarts.load(std::memory_order_relaxed);
+      std::lock_guard lock(k->mutex);
+      for (const auto& w : k->all_workers) ++ks.workers[static_cast<std::size_t>(w->state.load())];
+      ks.in_flight = ks.workers_in(worker_state::processing);
+      ks.queued = k->queue.size();
+      ks.waiting_for_room = k->room_waiters.size();
+      ks.submitted = k->submitted;
+      ks.completed = k->completed;
+      ks.failed = k->failed;
+      ks.timed_out = k->timed_out;
+      ks.cancelled = k->cancelled;
+      ks.rejected = k->rejected;
+      k->breaker.refuses(now);  // brings an open breaker whose time is up to half-open
+      ks.breaker = k->breaker.state();
+      ks.breaker_opened = k->breaker.times_opened();
+      ks.latency = k->latency;
+    }
+    return s;
+  }
+
   /// Starts a wait for `key`'s workers; callable from any thread.
   template <bool AsException, class Handler>
   void start_wait(Handler&& handler, std::string key, clock::duration timeout) {
@@ -293,6 +343,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       std::lock_guard lock(r.key->mutex);
       if (r.state == request_base::phase::done) return;
       claim_locked(*r.key, r);  // the caller's reference keeps r alive
+      ++r.key->cancelled;
     }
     r.fail(asio::error::operation_aborted, nullptr);
   }
@@ -330,14 +381,35 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// request was completed meanwhile (timed out, cancelled, shut down).
   bool claim_answer(request_base& r, worker_record& w) {
     std::lock_guard lock(r.key->mutex);
-    return claim_answer_locked(r, w);
+    return claim_answer_locked(r, w, false);
+  }
+
+  /// Whether an exception of `load` or `handle` counts against the key's
+  /// breaker (PoolConfig::breaker_counts). User code: call it outside locks.
+  bool counts_as_failure(const std::exception_ptr& e) const {
+    if (!e) return false;
+    if (config_.breaker_counts) return config_.breaker_counts(e);
+    try {
+      std::rethrow_exception(e);
+    } catch (const boost::system::system_error& error) {
+      return error.code() != asio::error::operation_aborted;
+    } catch (...) {
+      return true;
+    }
   }
 
   /// claim_answer() and then take_request(), under one lock: the worker's
   /// loop pays one lock per request.
-  request_ptr claim_answer_and_take(request_base& r, worker_record& w, bool& answer) {
+  request_ptr claim_answer_and_take(request_base& r, worker_record& w, bool& answer, bool error, bool failure) {
     std::lock_guard lock(w.key->mutex);
-    answer = claim_answer_locked(r, w);
+    key_state& k = *w.key;
+    const auto now = clock::now();
+    k.breaker.record(failure, now);
+    answer = claim_answer_locked(r, w, error);
+    if (answer) {
+      const auto submitted = r.deadline - config_.request_timeout;
+      k.latency.record(std::chrono::duration<double, std::micro>(now - submitted).count());
+    }
     return take_locked(w);
   }
 
@@ -380,8 +452,11 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     bool attend_key = false;
     {
       std::lock_guard lock(k.mutex);
+      const auto now = clock::now();
       if (k.closed) {
         refused = errc::shutting_down;
+      } else if (!k.breaker.admit(now, r->probe)) {
+        refused = errc::circuit_open;
       } else if (!k.idle.empty()) {
         // A parked worker takes it directly: the queue is empty whenever one is parked.
         woken = k.idle.back();
@@ -402,8 +477,10 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       }
       if (refused) {
         r->state = phase::done;  // under the lock: a cancellation may look at it as soon as we unlock
+        ++k.rejected;
       } else {
-        r->deadline = clock::now() + config_.request_timeout;
+        ++k.submitted;
+        r->deadline = now + config_.request_timeout;
         k.outstanding.push_back(*r);
         intrusive_ptr_add_ref(r.get());
         if (!k.timer_armed) arm_request_timer_locked(k, r->deadline);
@@ -420,17 +497,20 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   }
 
   /// Fails a request that was never accepted; nothing else can hold it yet.
-  static void refuse(request_base& r, error_code ec) {
+  void refuse(request_base& r, error_code ec) {
+    rejected_.fetch_add(1, std::memory_order_relaxed);
     r.state = request_base::phase::done;
     r.fail(ec, nullptr);
   }
 
   /// The worker is done with `r`: it is between requests again.
-  bool claim_answer_locked(request_base& r, worker_record& w) {
+  bool claim_answer_locked(request_base& r, worker_record& w, bool error) {
     w.current = nullptr;
     w.served.fetch_add(1, std::memory_order_relaxed);
     w.state.transition(worker_state::ready);
     if (r.state == request_base::phase::done) return false;
+    r.probe = 0;  // its outcome was recorded
+    ++(error ? w.key->failed : w.key->completed);
     claim_locked(*r.key, r);  // the worker's reference keeps r alive
     return true;
   }
@@ -460,6 +540,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// of its own, so dropping the list's cannot destroy it under the lock.
   void claim_locked(key_state& k, request_base& r) {
     using phase = request_base::phase;
+    if (r.probe) k.breaker.release_probe(std::exchange(r.probe, 0));  // ended without an outcome
     if (r.state == phase::queued) {
       k.queue.erase(k.queue.iterator_to(r));
       promote_room_waiter_locked(k);
@@ -487,6 +568,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     {
       std::lock_guard lock(k.mutex);
       claimed = claim_all_locked(k);
+      k.failed += claimed.size();
     }
     for (auto& r : claimed) r->fail(ec, error);
   }
@@ -511,6 +593,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       std::lock_guard lock(k.mutex);
       k.timer_armed = false;
       expired = claim_all_locked(k, clock::now());
+      k.timed_out += expired.size();
       if (!k.outstanding.empty()) arm_request_timer_locked(k, k.outstanding.front().deadline);
     }
     if (!expired.empty()) log_->debug("coropool: {} request(s) of key '{}' timed out", expired.size(), k.name);
@@ -586,7 +669,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   key_state& key_for(const std::string& name) {
     std::lock_guard lock(keys_mutex_);
     auto& slot = keys_[name];
-    if (!slot) slot = std::make_shared<key_state>(name, executor_);
+    if (!slot) slot = std::make_shared<key_state>(name, executor_, config_);
     return *slot;
   }
 
@@ -603,11 +686,18 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     if (key.empty() || timeout <= clock::duration::zero()) return finish(*w, errc::invalid_argument);
     if (stopping_) return finish(*w, errc::shutting_down);
     key_state& k = key_for(key);
+    bool refused = false;
+    {
+      std::lock_guard lock(k.mutex);
+      refused = k.breaker.refuses(clock::now());
+    }
+    if (refused) return finish(*w, errc::circuit_open);
     if (k.ready_workers.load(std::memory_order_relaxed) > 0) return finish(*w, {});
 
     w->key = &k;
     w->group = group_for(k, w->batch_executor);
     w->position = w->group->members.insert(w->group->members.end(), w);
+    k.waiter_count.fetch_add(1, std::memory_order_relaxed);
     w->timer.expires_after(timeout);
     w->timer.async_wait([self = shared_from_this(), w](error_code ec) {
       if (ec) return;  // disarmed: the waiter was finished on the strand
@@ -632,6 +722,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       auto keep = *w.position;  // the list may hold the last reference
       w.group->members.erase(w.position);
       if (w.group->members.empty()) w.key->waiters.erase(w.group);
+      w.key->waiter_count.fetch_sub(1, std::memory_order_relaxed);
       w.key = nullptr;
       w.timer.cancel();
     }
@@ -652,6 +743,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// in batches of one executor each (see wake_batch).
   void finish_all(key_state& k, error_code ec, const std::exception_ptr& error = nullptr) {
     std::vector<wake_batch> batches;
+    k.waiter_count.store(0, std::memory_order_relaxed);
     for (auto& group : std::exchange(k.waiters, {})) {
       for (auto& w : group.members) {
         w->done = true;
@@ -685,6 +777,11 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   void spawn_worker(key_state& k) {
     auto w = std::make_shared<worker_record>(++next_worker_id_, k, executor_);
     k.workers.push_back(w);
+    k.loads.fetch_add(1, std::memory_order_relaxed);
+    {
+      std::lock_guard lock(k.mutex);
+      k.all_workers.push_back(w);
+    }
     k.warm = true;
     ++k.loading;
     ++live_workers_;
@@ -752,6 +849,14 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     w->ping.close();
     const bool was_routable = !w->retired;
     const bool loaded = w->ready;
+    const bool load_failure = was_routable && !loaded && !stopping_;
+    const bool counts = load_failure && counts_as_failure(e ? e : std::make_exception_ptr(std::runtime_error("")));
+    {
+      std::lock_guard lock(k.mutex);
+      std::erase(k.all_workers, w);
+      if (load_failure) k.breaker.record(counts, clock::now());
+    }
+    if (load_failure) k.load_failures.fetch_add(1, std::memory_order_relaxed);
     retire(w);
     std::erase(retired_, w);
     if (was_routable && !loaded && !stopping_ && w->state.load() == worker_state::loading) {
@@ -768,6 +873,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     } else if (was_routable && e) {
       // A loaded worker whose coroutine ended by an exception: as if declared dead.
       log_->error("coropool: key '{}' worker {} died: {}", k.name, w->id, spawn_error::describe(e));
+      k.deaths.fetch_add(1, std::memory_order_relaxed);
       fail_current(*w, errc::worker_lost);
     }
     if (k.loading == 0 && k.ready_workers.load(std::memory_order_relaxed) == 0) {
@@ -792,9 +898,11 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     request_ptr lost;
     {
       std::lock_guard lock(w.key->mutex);
+      w.key->breaker.record(true, clock::now());  // a worker lost counts against its key
       if (w.current && w.current->state != request_base::phase::done) {
         lost = w.current;
         claim_locked(*w.key, *lost);
+        ++w.key->failed;
       }
     }
     if (lost) lost->fail(ec, nullptr);
@@ -832,7 +940,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     key_state& k = *w->key;
     log_->error("coropool: key '{}' worker {} declared dead: {}", k.name, w->id, why);
     w->declared_dead = true;
-    ++k.deaths;
+    k.deaths.fetch_add(1, std::memory_order_relaxed);
     fail_current(*w, ec);
     w->ping.close();
     request_stop(w);
@@ -922,7 +1030,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       auto owner = find_worker(k, w);
       log_->info("coropool: key '{}' worker {} idle for {} ms, evicting", k.name, w->id,
                  std::chrono::duration_cast<std::chrono::milliseconds>(config_.idle_timeout).count());
-      ++k.evictions;
+      k.evictions.fetch_add(1, std::memory_order_relaxed);
       w->stop_requested.store(true, std::memory_order_release);
       w->state.begin_eviction();
       if (owner) retire(owner);
@@ -940,6 +1048,10 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// Keeps a warm key at min_workers_per_key.
   void refill(key_state& k) {
     if (stopping_ || !k.warm || k.loading > 0) return;
+    {
+      std::lock_guard lock(k.mutex);
+      if (k.breaker.refuses(clock::now())) return;  // an open breaker loads nothing
+    }
     const std::size_t live = k.live_workers.load(std::memory_order_relaxed);
     if (live >= config_.min_workers_per_key) return;
     log_->info("coropool: key '{}' has {} worker(s), refilling to {}", k.name, live, config_.min_workers_per_key);
@@ -1060,7 +1172,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
         retire(owner);
       }
     }
-    ++k.evictions;
+    k.evictions.fetch_add(1, std::memory_order_relaxed);
     wake_released(released);
   }
 
@@ -1096,7 +1208,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       }
       // One replacement at a time, loaded before the worker it replaces leaves: the key serves throughout.
       log_->info("coropool: key '{}' restarting worker {}", k.name, old->id);
-      ++k.restarts;
+      k.restarts.fetch_add(1, std::memory_order_relaxed);
       spawn_worker(k);
       k.workers.back()->replaces = std::move(old);
     }
@@ -1191,6 +1303,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   std::unordered_map<std::string, std::shared_ptr<key_state>> keys_;
 
   std::atomic<bool> stopping_flag_{false};  // stopping_, for submitters on any thread
+  std::atomic<std::uint64_t> rejected_{0};  // refused before reaching a key
   std::atomic<pool_registry*> registry_{nullptr};
   std::optional<asio::thread_pool> compute_pool_;
   executor compute_executor_;

@@ -49,6 +49,7 @@ class request_base {
   hook deadline_hook;  // among the key's outstanding requests, by deadline
 
   key_state* key = nullptr;  // set before the request is published
+  std::uint64_t probe = 0;   // the half-open breaker epoch it probes; 0: not a probe
 
   friend void intrusive_ptr_add_ref(request_base* r) noexcept { r->refs_.fetch_add(1, std::memory_order_relaxed); }
   friend void intrusive_ptr_release(request_base* r) noexcept {
