@@ -138,7 +138,8 @@ TEST_CASE("a worker stuck on a request past request_timeout is replaced", "[life
       [&]() -> asio::awaitable<void> {
         auto [e, v] = co_await pool.async_submit("bert", -1, asio::as_tuple(asio::use_awaitable));
         stuck_error = error_of(e);
-        CHECK(co_await eventually([&] { return cancelled == 1; }));  // the sweep stopped it
+        const bool settled_1 = co_await eventually([&] { return cancelled == 1; });  // the sweep stopped it
+        CHECK(settled_1);
         after = co_await pool.submit("bert", 1);
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
@@ -172,7 +173,8 @@ TEST_CASE("requests queued behind a dead worker are served by its replacement, n
           pool.async_submit(
               "bert", i, [&, i](std::exception_ptr e, int v) { (!e && v == i + 1 ? answered : other).fetch_add(1); });
         }
-        CHECK(co_await eventually([&] { return lost + answered + other == queued + 1; }));
+        const bool settled_2 = co_await eventually([&] { return lost + answered + other == queued + 1; });
+        CHECK(settled_2);
         co_await pool.async_shutdown(2s, asio::use_awaitable);
       },
       asio::detached);
@@ -256,7 +258,8 @@ TEST_CASE("evict drains the key's queue, then stops its workers", "[lifecycle]")
         co_await pause.async_wait(asio::use_awaitable);
         CHECK(answered_when_evicted == -1);  // not while requests are queued
         gate.expires_at(asio::steady_timer::time_point::min());
-        CHECK(co_await eventually([&] { return answered_when_evicted >= 0; }));
+        const bool settled_3 = co_await eventually([&] { return answered_when_evicted >= 0; });
+        CHECK(settled_3);
         after = co_await pool.submit("bert", 41);  // a new wave
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
@@ -280,7 +283,8 @@ TEST_CASE("restart replaces workers one by one while the key serves", "[lifecycl
       ioc,
       [&]() -> asio::awaitable<void> {
         co_await pool.wait_for_workers("bert", 5s);
-        CHECK(co_await eventually([&] { return pool.worker_count("bert") == 2; }));
+        const bool settled_4 = co_await eventually([&] { return pool.worker_count("bert") == 2; });
+        CHECK(settled_4);
         pool.async_restart("bert", [&](error_code ec) { restarted = !ec; });
         for (int i = 0;; ++i) {
           if (restarted) break;  // set by the restart's handler, which runs between our submits
