@@ -39,6 +39,11 @@ asio::awaitable<bool> eventually(Done done, std::chrono::steady_clock::duration 
   co_return true;
 }
 
+asio::awaitable<void> pause_for(std::chrono::steady_clock::duration d) {
+  asio::steady_timer t(co_await asio::this_coro::executor, d);
+  co_await t.async_wait(asio::use_awaitable);
+}
+
 }  // namespace
 
 TEST_CASE("worker state transitions are checked in one place", "[lifecycle]") {
@@ -323,4 +328,79 @@ TEST_CASE("commands report bad arguments and shutdown as errors", "[lifecycle]")
   REQUIRE(run_until_idle(ioc, 1));
   REQUIRE(results.size() == 2);
   for (auto& ec : results) CHECK(ec == errc::shutting_down);
+}
+
+TEST_CASE("100 keys cold-started under a budget for 10 workers: never over budget, LRU eviction, memory_exhausted",
+          "[lifecycle][memory]") {
+  asio::io_context ioc(1);
+  auto script = std::make_shared<LoadScript>();
+  constexpr std::uint64_t footprint = 100;
+  std::uint64_t most_reserved = 0;
+  std::uint64_t changes = 0;
+  bool over_budget = false;
+  PoolConfig config = lifecycle_config(1, 1);
+  config.health_interval = 1s;  // quiet: this test is about memory
+  config.health_timeout = 5s;
+  config.idle_timeout = 1h;  // only the governor evicts here
+  config.memory_budget = 10 * footprint;
+  config.worker_footprint = [](const std::string&) { return footprint; };
+  config.on_memory_change = [&](std::uint64_t reserved, std::uint64_t budget) {
+    ++changes;
+    most_reserved = std::max(most_reserved, reserved);
+    if (reserved > budget) over_budget = true;  // checked on every change, not sampled
+  };
+  IntPool pool(ioc, config, scripted_loader(script), echo_handler());
+  std::vector<std::string> ready_keys;
+  int exhausted = 0;
+  int other = 0;
+  std::vector<std::size_t> live_after_first_eviction;
+  std::vector<std::size_t> live_after_second_eviction;
+  error_code submit_error;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        int finished = 0;
+        for (int i = 0; i < 100; ++i) {
+          const std::string key = "k" + std::to_string(i);
+          pool.async_wait_for_workers(key, 5s, [&, key](error_code ec) {
+            if (!ec) {
+              ready_keys.push_back(key);
+            } else if (ec == errc::memory_exhausted) {
+              ++exhausted;
+            } else {
+              ++other;
+            }
+            ++finished;
+          });
+        }
+        // Every byte is held by a loading worker: nothing is idle, no room can be made.
+        auto [e, v] = co_await pool.async_submit("late", 1, asio::as_tuple(asio::use_awaitable));
+        submit_error = error_of(e);
+        while (finished < 100) co_await pause_for(1ms);
+        std::sort(ready_keys.begin(), ready_keys.end());
+        // Use them in a known order: the first used is the least recently used.
+        for (const auto& key : ready_keys) co_await pool.submit(key, 1);
+        co_await pool.wait_for_workers("fresh1", 5s);  // evicts the LRU one
+        for (const auto& key : ready_keys) live_after_first_eviction.push_back(pool.live_worker_count(key));
+        co_await pool.wait_for_workers("fresh2", 5s);  // and then the next
+        for (const auto& key : ready_keys) live_after_second_eviction.push_back(pool.live_worker_count(key));
+        co_await pool.async_shutdown(1s, asio::use_awaitable);
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK_FALSE(over_budget);
+  CHECK(most_reserved == 10 * footprint);
+  CHECK(changes > 20);
+  REQUIRE(ready_keys.size() == 10);
+  CHECK(exhausted == 90);
+  CHECK(other == 0);
+  CHECK(submit_error == errc::memory_exhausted);  // a submit whose spawn has no room fails the same way
+  std::vector<std::size_t> first(10, 1), second(10, 1);
+  first[0] = 0;
+  second[0] = second[1] = 0;
+  CHECK(live_after_first_eviction == first);
+  CHECK(live_after_second_eviction == second);
+  const auto stats = pool.stats();
+  CHECK(stats.memory_reserved == 0);  // every reservation went back to the real counter
+  CHECK(stats.memory_budget == 10 * footprint);
 }

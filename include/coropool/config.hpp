@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -77,6 +78,18 @@ struct PoolConfig {
 
   /// How often idle eviction and the refill of warm keys run (positive).
   std::chrono::steady_clock::duration maintenance_interval = std::chrono::seconds(1);
+
+  /// The pool-wide budget for workers' declared footprints, in bytes; 0
+  /// means 80 % of physical memory (read once).
+  std::uint64_t memory_budget = 0;
+
+  /// A worker's declared footprint for a key, in bytes, reserved before its
+  /// load and released when it ends. Empty: 0 (not metered).
+  std::function<std::uint64_t(const std::string& key)> worker_footprint;
+
+  /// Called on the pool's strand whenever the reserved total changes, with
+  /// the new total and the budget: a hook for metrics and tests. Must not throw.
+  std::function<void(std::uint64_t reserved, std::uint64_t budget)> on_memory_change;
 
   /// Consecutive failures (load failures, handler exceptions, workers lost)
   /// that open a key's circuit breaker; 0 disables the breaker.

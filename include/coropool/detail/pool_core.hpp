@@ -3,6 +3,7 @@
 #include "coropool/config.hpp"
 #include "coropool/detail/asio.hpp"
 #include "coropool/detail/breaker.hpp"
+#include "coropool/detail/memory.hpp"
 #include "coropool/detail/registry.hpp"
 #include "coropool/detail/request.hpp"
 #include "coropool/detail/spin_mutex.hpp"
@@ -22,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <list>
 #include <memory>
@@ -96,6 +98,8 @@ struct worker_record {
   bool declared_dead = false;  // by the health sweep
   clock::time_point last_pong;
   std::shared_ptr<worker_record> replaces;  // restart: the worker this one takes over from
+  memory_reservation reservation;           // its key's footprint, held until it ends
+  bool memory_victim = false;               // evicted to make room for another key's spawn
 
   // Guarded by the key's mutex: the worker's coroutine while it waits for a
   // request (it is then among the key's idle workers). Like a pending
@@ -135,6 +139,10 @@ struct key_state {
   std::list<waiter_group> waiters;
   std::vector<std::shared_ptr<worker_record>> workers;  // routable: loading or serving, not retired
   bool warm = false;                                    // spawned and not evicted since: kept at min_workers_per_key
+  std::size_t memory_pending = 0;                       // spawns waiting for evicted workers to free memory
+  bool memory_short = false;                            // the last spawn found no room in the budget
+  std::optional<std::uint64_t> footprint;               // PoolConfig::worker_footprint, asked once
+  std::atomic<std::uint64_t> memory_reserved{0};
   struct scale_op {
     std::size_t target;
     std::shared_ptr<completion<error_code>> done;
@@ -188,6 +196,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
         config_(std::move(config)),
         log_(config_.logger ? config_.logger : spdlog::default_logger()),
         body_(std::move(body)),
+        memory_(std::make_shared<memory_governor>(config_.memory_budget, config_.on_memory_change)),
         shutdown_timer_(strand_),
         tick_timer_(strand_),
         inbox_(executor_, inbox_capacity) {
@@ -267,6 +276,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   PoolStats stats() const {
     PoolStats s;
     s.rejected = rejected_.load(std::memory_order_relaxed);
+    s.memory_budget = memory_->budget();
+    s.memory_reserved = memory_->reserved();
     std::lock_guard keys_lock(keys_mutex_);
     const auto now = clock::now();
     for (const auto& [name, k] : keys_) {
@@ -277,6 +288,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       ks.deaths = k->deaths.load(std::memory_order_relaxed);
       ks.evictions = k->evictions.load(std::memory_order_relaxed);
       ks.restarts = k->restarts.load(std::memory_order_relaxed);
+      ks.memory_reserved = k->memory_reserved.load(std::memory_order_relaxed);
       std::lock_guard lock(k->mutex);
       for (const auto& w : k->all_workers) ++ks.workers[static_cast<std::size_t>(w->state.load())];
       ks.in_flight = ks.workers_in(worker_state::processing);
@@ -641,7 +653,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// that submits stop posting here: the load's end (on_loaded, on_exit) calls
   /// attend() again.
   void attend(key_state& k) {
-    if (stopping_ || k.loading > 0) return;
+    if (stopping_ || spawning(k)) return;
     k.attention_pending.store(false, std::memory_order_release);
     bool backlog = false;
     bool idle = false;
@@ -767,15 +779,109 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// Starts one spawn wave unless the key has workers or one is under way:
   /// however many callers ask, a cold key is loaded once.
   void ensure_spawning(key_state& k) {
-    if (k.loading > 0 || k.ready_workers.load(std::memory_order_relaxed) > 0) return;
+    if (spawning(k) || k.ready_workers.load(std::memory_order_relaxed) > 0) return;
     const std::size_t n = config_.cold_start_workers;
     log_->info("coropool: key '{}' is cold, spawning {} worker(s)", k.name, n);
     k.last_failure = nullptr;
-    for (std::size_t i = 0; i < n; ++i) spawn_worker(k);
+    std::size_t started = 0;
+    while (started < n && spawn_worker(k)) ++started;  // as many as the memory budget allows
+    if (started == 0) fail_for_memory(k);
   }
 
-  void spawn_worker(key_state& k) {
+  /// Loads in flight, or spawns waiting for memory: either way a spawn is under way.
+  static bool spawning(const key_state& k) { return k.loading > 0 || k.memory_pending > 0; }
+
+  /// No worker of `k` could be spawned within the memory budget: its
+  /// waiters, and its requests if nobody serves them, fail with memory_exhausted.
+  void fail_for_memory(key_state& k) {
+    log_->warn("coropool: key '{}' has no room in the memory budget ({} of {} bytes reserved)", k.name,
+               memory_->reserved(), memory_->budget());
+    finish_all(k, errc::memory_exhausted);
+    if (k.workers.empty()) fail_requests(k, errc::memory_exhausted);
+  }
+
+  std::uint64_t footprint(key_state& k) {
+    if (!k.footprint) k.footprint = config_.worker_footprint ? config_.worker_footprint(k.name) : 0;
+    return *k.footprint;
+  }
+
+  /// Adds a worker to `k` if its footprint fits the memory budget, or can be
+  /// made to fit by evicting idle workers of other keys, least recently used
+  /// first: the spawn then waits until they have ended. False when neither.
+  bool spawn_worker(key_state& k) {
+    const std::uint64_t bytes = footprint(k);
+    if (memory_->try_reserve(bytes)) {
+      k.memory_short = false;
+      start_worker(k, memory_reservation(memory_, bytes));
+      return true;
+    }
+    if (!make_room(k, bytes)) {
+      k.memory_short = true;
+      return false;
+    }
+    ++k.memory_pending;
+    promised_ += bytes;
+    memory_waiting_.push_back(&k);
+    return true;
+  }
+
+  /// Evicts idle workers of keys other than `k` until, once they have ended,
+  /// `bytes` more fit. False, evicting nobody, when all of them would not do.
+  bool make_room(key_state& k, std::uint64_t bytes) {
+    const std::uint64_t committed = memory_->reserved() + promised_ + bytes;
+    const std::uint64_t available = memory_->budget() + freeing_;
+    if (committed <= available) return true;  // workers already leaving free enough
+    const std::uint64_t need = committed - available;
+    struct candidate {
+      std::shared_ptr<worker_record> worker;
+      clock::time_point idle_since;
+    };
+    std::vector<candidate> candidates;
+    for (key_state* other : all_keys()) {
+      if (other == &k) continue;
+      std::lock_guard lock(other->mutex);
+      for (worker_record* w : other->idle) {
+        if (auto owner = find_worker(*other, w); owner && owner->reservation.bytes() > 0) {
+          candidates.push_back({std::move(owner), w->idle_since});
+        }
+      }
+    }
+    std::sort(candidates.begin(), candidates.end(),
+              [](const candidate& a, const candidate& b) { return a.idle_since < b.idle_since; });
+    std::uint64_t found = 0;
+    std::size_t chosen = 0;
+    while (chosen < candidates.size() && found < need) found += candidates[chosen++].worker->reservation.bytes();
+    if (found < need) return false;
+    for (std::size_t i = 0; i < chosen; ++i) {
+      auto& w = candidates[i].worker;
+      log_->info("coropool: evicting idle worker {} of key '{}' to make room for key '{}'", w->id, w->key->name,
+                 k.name);
+      w->memory_victim = true;
+      freeing_ += w->reservation.bytes();
+      w->key->evictions.fetch_add(1, std::memory_order_relaxed);
+      stop_gracefully(w);
+    }
+    return true;
+  }
+
+  /// Starts the spawns that waited for memory, in order, while they fit.
+  void start_waiting_spawns() {
+    while (!memory_waiting_.empty()) {
+      key_state& k = *memory_waiting_.front();
+      const std::uint64_t bytes = footprint(k);
+      if (!stopping_ && !memory_->try_reserve(bytes)) break;
+      memory_waiting_.pop_front();
+      --k.memory_pending;
+      promised_ -= bytes;
+      if (stopping_) continue;
+      start_worker(k, memory_reservation(memory_, bytes));
+    }
+  }
+
+  void start_worker(key_state& k, memory_reservation reservation) {
     auto w = std::make_shared<worker_record>(++next_worker_id_, k, executor_);
+    k.memory_reserved.fetch_add(reservation.bytes(), std::memory_order_relaxed);
+    w->reservation = std::move(reservation);
     k.workers.push_back(w);
     k.loads.fetch_add(1, std::memory_order_relaxed);
     {
@@ -857,6 +963,10 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       if (load_failure) k.breaker.record(counts, clock::now());
     }
     if (load_failure) k.load_failures.fetch_add(1, std::memory_order_relaxed);
+    const std::uint64_t freed = w->reservation.release();  // a model's memory goes with its worker
+    k.memory_reserved.fetch_sub(freed, std::memory_order_relaxed);
+    if (w->memory_victim) freeing_ -= freed;
+    start_waiting_spawns();
     retire(w);
     std::erase(retired_, w);
     if (was_routable && !loaded && !stopping_ && w->state.load() == worker_state::loading) {
@@ -1047,7 +1157,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
 
   /// Keeps a warm key at min_workers_per_key.
   void refill(key_state& k) {
-    if (stopping_ || !k.warm || k.loading > 0) return;
+    if (stopping_ || !k.warm || spawning(k)) return;
     {
       std::lock_guard lock(k.mutex);
       if (k.breaker.refuses(clock::now())) return;  // an open breaker loads nothing
@@ -1055,7 +1165,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     const std::size_t live = k.live_workers.load(std::memory_order_relaxed);
     if (live >= config_.min_workers_per_key) return;
     log_->info("coropool: key '{}' has {} worker(s), refilling to {}", k.name, live, config_.min_workers_per_key);
-    for (std::size_t i = live; i < config_.min_workers_per_key; ++i) spawn_worker(k);
+    for (std::size_t i = live; i < config_.min_workers_per_key && spawn_worker(k); ++i) {
+    }
   }
 
   // --- the orchestrator: one coroutine on the strand reading the inbox ---
@@ -1136,7 +1247,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     if (live < target) {
       log_->info("coropool: key '{}' scaling up from {} to {} worker(s)", k.name, live, target);
       k.last_failure = nullptr;
-      for (; live < target; ++live) spawn_worker(k);
+      for (; live < target && spawn_worker(k); ++live) {
+      }
       return;
     }
     if (live > target) log_->info("coropool: key '{}' scaling down from {} to {} worker(s)", k.name, live, target);
@@ -1180,10 +1292,11 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   void advance_commands(key_state& k) {
     const std::size_t live = k.live_workers.load(std::memory_order_relaxed);
     const std::size_t ready = k.ready_workers.load(std::memory_order_relaxed);
-    if (k.loading == 0) {
+    if (!spawning(k)) {
       std::erase_if(k.scale_ops, [&](const key_state::scale_op& op) {
         if (live > op.target) return false;
-        op.done->complete(ready >= op.target ? error_code{} : make_error_code(errc::spawn_failed));
+        const errc short_of = k.memory_short ? errc::memory_exhausted : errc::spawn_failed;
+        op.done->complete(ready >= op.target ? error_code{} : make_error_code(short_of));
         return true;
       });
     }
@@ -1195,7 +1308,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       for (auto& done : std::exchange(k.evict_ops, {})) done->complete(error_code{});
       attend(k);  // requests that came meanwhile get a new wave
     }
-    if (!k.restart_ops.empty() && k.loading == 0) {
+    if (!k.restart_ops.empty() && !spawning(k)) {
       std::shared_ptr<worker_record> old;
       while (!old && !k.restart_left.empty()) {
         old = k.restart_left.back().lock();
@@ -1208,8 +1321,14 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       }
       // One replacement at a time, loaded before the worker it replaces leaves: the key serves throughout.
       log_->info("coropool: key '{}' restarting worker {}", k.name, old->id);
+      const std::uint64_t bytes = footprint(k);
+      if (!memory_->try_reserve(bytes)) {  // a replacement needs room of its own while the old worker serves
+        for (auto& done : std::exchange(k.restart_ops, {})) done->complete(errc::memory_exhausted);
+        k.restart_left.clear();
+        return;
+      }
       k.restarts.fetch_add(1, std::memory_order_relaxed);
-      spawn_worker(k);
+      start_worker(k, memory_reservation(memory_, bytes));
       k.workers.back()->replaces = std::move(old);
     }
   }
@@ -1304,6 +1423,13 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
 
   std::atomic<bool> stopping_flag_{false};  // stopping_, for submitters on any thread
   std::atomic<std::uint64_t> rejected_{0};  // refused before reaching a key
+
+  // The memory governor (strand): bytes promised to spawns waiting for room,
+  // and bytes that workers evicted for them will free when they end.
+  std::shared_ptr<memory_governor> memory_;
+  std::deque<key_state*> memory_waiting_;
+  std::uint64_t promised_ = 0;
+  std::uint64_t freeing_ = 0;
   std::atomic<pool_registry*> registry_{nullptr};
   std::optional<asio::thread_pool> compute_pool_;
   executor compute_executor_;
