@@ -77,3 +77,29 @@ TEST_CASE("the README's blocking-code snippet runs", "[readme]") {
   REQUIRE(run_until_idle(ioc, 1));
   CHECK(score == 4);
 }
+
+TEST_CASE("the README's operating snippet runs", "[readme][lifecycle]") {
+  asio::io_context ioc;
+  auto config = readme_snippet_6::operated_config();
+  config.logger = quiet_config().logger;
+  auto script = std::make_shared<LoadScript>();
+  IntPool pool(ioc, config, scripted_loader(script), echo_handler());
+  std::string metrics;
+  std::size_t left_after_evict = 99;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        metrics = co_await readme_snippet_6::operate(pool);
+        left_after_evict = pool.live_worker_count("bert");
+        co_await pool.async_shutdown(1s, asio::use_awaitable);
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(left_after_evict == 0);
+  // Three workers after scale, each replaced by restart: six loads at least.
+  CHECK(script->started >= 6);
+  CHECK(metrics.find("coropool_loads_total{key=\"bert\"} " + std::to_string(script->started) + "\n") !=
+        std::string::npos);
+  CHECK(metrics.find("coropool_restarts_total{key=\"bert\"} 3\n") != std::string::npos);
+  CHECK(metrics.find("coropool_memory_budget_bytes 8589934592\n") != std::string::npos);
+}

@@ -350,6 +350,17 @@ class Pool {
     return async_command(detail::command::kind::restart, std::move(key), 0, std::forward<CompletionToken>(token));
   }
 
+  /// async_scale() for coroutines. @throws boost::system::system_error on error.
+  asio::awaitable<void> scale(std::string key, std::size_t workers) {
+    return async_scale(std::move(key), workers, asio::use_awaitable);
+  }
+
+  /// async_evict() for coroutines. @throws boost::system::system_error on error.
+  asio::awaitable<void> evict(std::string key) { return async_evict(std::move(key), asio::use_awaitable); }
+
+  /// async_restart() for coroutines. @throws boost::system::system_error on error.
+  asio::awaitable<void> restart(std::string key) { return async_restart(std::move(key), asio::use_awaitable); }
+
   /// Shuts the pool down.
   ///
   /// At once: new waits and submits fail with `errc::shutting_down`, and so
