@@ -190,6 +190,60 @@ TEST_CASE("requests queued behind a dead worker are served by its replacement, n
   CHECK(script->started == 2);
 }
 
+namespace {
+
+/// A Response whose default constructor throws on demand: the worker builds
+/// one outside the handler's try, so its coroutine then ends by the exception.
+std::atomic<bool> fragile_throws{false};
+
+struct Fragile {
+  int value = 0;
+  Fragile() {
+    if (fragile_throws.exchange(false)) throw std::runtime_error("the worker's own code threw");
+  }
+  explicit Fragile(int v) : value(v) {}
+};
+
+}  // namespace
+
+TEST_CASE("a worker whose coroutine ends by an exception is handled as a dead one", "[lifecycle]") {
+  asio::io_context ioc(1);
+  auto script = std::make_shared<LoadScript>();
+  Pool<int, Fragile> pool(ioc, lifecycle_config(), scripted_loader(script),
+                          [](Model&, int request) -> asio::awaitable<Fragile> { co_return Fragile(request + 1); });
+  constexpr int queued = 5;
+  int answered = 0;
+  int lost = 0;
+  int other = 0;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        const Fragile first = co_await pool.submit("bert", 1);
+        CHECK(first.value == 2);
+        // The next request the worker takes kills its coroutine; the rest queue behind it.
+        fragile_throws = true;
+        pool.async_submit("bert", 100,
+                          [&](std::exception_ptr e, Fragile) { ++(error_of(e) == errc::worker_lost ? lost : other); });
+        for (int i = 0; i < queued; ++i) {
+          pool.async_submit("bert", i,
+                            [&, i](std::exception_ptr e, Fragile f) { ++(!e && f.value == i + 1 ? answered : other); });
+        }
+        const bool settled = co_await eventually([&] { return lost + answered + other == queued + 1; });
+        CHECK(settled);
+        co_await pool.async_shutdown(2s, asio::use_awaitable);
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(lost == 1);
+  CHECK(answered == queued);
+  CHECK(other == 0);
+  CHECK(script->started == 2);  // the replacement served the queue
+  const auto stats = pool.stats();
+  CHECK(stats.keys.at("bert").deaths == 1);
+  CHECK(stats.keys.at("bert").failed == 1);
+  CHECK(stats.keys.at("bert").completed == queued + 1);
+}
+
 TEST_CASE("idle workers are evicted down to the minimum, and a warm key is refilled", "[lifecycle]") {
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
