@@ -51,6 +51,7 @@ struct pong {
   worker_state state;
   std::size_t in_flight;
   std::uint64_t served;
+  clock::time_point last_progress;  // when it last loaded, or answered or started a request
 };
 
 /// A user's command to the orchestrator, and the handler it completes.
@@ -91,12 +92,14 @@ struct worker_record {
   // Worker strand only.
   asio::cancellation_signal stop_signal;
   bool finished = false;
+  clock::time_point last_progress;
 
   // Pool strand only.
   bool ready = false;
   bool retired = false;        // out of routing: evicted, stopped or declared dead
   bool declared_dead = false;  // by the health sweep
   clock::time_point last_pong;
+  clock::time_point reported_progress;      // last_progress, as its latest pong told
   std::shared_ptr<worker_record> replaces;  // restart: the worker this one takes over from
   memory_reservation reservation;           // its key's footprint, held until it ends
   bool memory_victim = false;               // evicted to make room for another key's spawn
@@ -392,6 +395,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// Whether a worker's answer to `r` goes to the caller: false when the
   /// request was completed meanwhile (timed out, cancelled, shut down).
   bool claim_answer(request_base& r, worker_record& w) {
+    w.last_progress = clock::now();
     std::lock_guard lock(r.key->mutex);
     return claim_answer_locked(r, w, false);
   }
@@ -416,6 +420,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     std::lock_guard lock(w.key->mutex);
     key_state& k = *w.key;
     const auto now = clock::now();
+    w.last_progress = now;
     k.breaker.record(failure, now);
     answer = claim_answer_locked(r, w, error);
     if (answer) {
@@ -443,6 +448,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// Called by a worker on its strand once its model is loaded.
   void worker_loaded(std::shared_ptr<worker_record> w) {
     w->state.transition(worker_state::ready);
+    w->last_progress = clock::now();
     asio::co_spawn(w->strand, respond_to_pings(shared_from_this(), w), asio::detached);
     asio::defer(strand_, [self = shared_from_this(), w = std::move(w)] { self->on_loaded(w); });
   }
@@ -910,8 +916,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       auto [ec, seq] = co_await w->ping.async_receive(asio::as_tuple(asio::use_awaitable));
       if (ec) co_return;  // the worker is gone
       const worker_state state = w->state.load();
-      orchestrator_message message(
-          pong{w, state, state == worker_state::processing ? 1u : 0u, w->served.load(std::memory_order_relaxed)});
+      orchestrator_message message(pong{w, state, state == worker_state::processing ? 1u : 0u,
+                                        w->served.load(std::memory_order_relaxed), w->last_progress});
       auto [send_ec] =
           co_await self->inbox_.async_send(error_code{}, std::move(message), asio::as_tuple(asio::use_awaitable));
       if (send_ec) co_return;  // the pool has shut down
@@ -923,7 +929,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     if (w->retired) return;  // stopped while its load ended
     --k.loading;
     w->ready = true;
-    w->last_pong = clock::now();
+    w->last_pong = w->reported_progress = clock::now();
     k.ready_workers.fetch_add(1, std::memory_order_release);
     if (stopping_) return;  // it serves what its key still has queued, then leaves
     finish_all(k, {});      // wake first, then log
@@ -1048,7 +1054,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// the key needs one, and its coroutine is cancelled.
   void declare_dead(const std::shared_ptr<worker_record>& w, error_code ec, const char* why) {
     key_state& k = *w->key;
-    log_->error("coropool: key '{}' worker {} declared dead: {}", k.name, w->id, why);
+    log_->error("coropool: key '{}' worker {} declared dead: {} (last progress reported {} ms ago)", k.name, w->id, why,
+                std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - w->reported_progress).count());
     w->declared_dead = true;
     k.deaths.fetch_add(1, std::memory_order_relaxed);
     fail_current(*w, ec);
@@ -1120,6 +1127,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   void on_pong(const pong& p) {
     if (p.worker->retired) return;
     p.worker->last_pong = clock::now();
+    p.worker->reported_progress = p.last_progress;
   }
 
   /// Stops workers parked for idle_timeout, oldest first, down to min_workers_per_key.
