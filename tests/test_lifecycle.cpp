@@ -286,6 +286,34 @@ TEST_CASE("idle workers are evicted down to the minimum, and a warm key is refil
   CHECK(script->started == 4);
 }
 
+TEST_CASE("a pool whose workers are all gone leaves nothing pending: its context runs out of work", "[lifecycle]") {
+  asio::io_context ioc(1);
+  auto script = std::make_shared<LoadScript>();
+  script->delay = 1ms;
+  PoolConfig config = lifecycle_config(1, 1);
+  config.request_timeout = 1h;  // a deadline timer left armed would hold the context for an hour
+  IntPool pool(ioc, config, scripted_loader(script), echo_handler());
+  int answer = 0;
+  error_code failed_spawn;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        answer = co_await pool.submit("bert", 1);
+        // And a key whose load fails, its requests failed with it.
+        script->fail = true;
+        auto [e, v] = co_await pool.async_submit("gpt", 1, asio::as_tuple(asio::use_awaitable));
+        failed_spawn = error_of(e);
+      },
+      asio::detached);
+  // No shutdown: once idle eviction has stopped the worker, no timer, channel
+  // wait or work count of the pool is left, and run() returns by itself.
+  REQUIRE(run_until_idle(ioc, 1, 5s));
+  CHECK(answer == 2);
+  CHECK(failed_spawn == errc::spawn_failed);
+  CHECK(pool.live_worker_count("bert") == 0);
+  CHECK(pool.stats().keys.at("bert").evictions == 1);
+}
+
 TEST_CASE("evict drains the key's queue, then stops its workers", "[lifecycle]") {
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();

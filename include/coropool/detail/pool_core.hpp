@@ -594,7 +594,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// Requests share the pool's request_timeout, so deadlines come in the
   /// order of submission: one timer per key, at the oldest, covers them all.
   /// It is left armed when the requests finish early: it then fires once,
-  /// finds nothing due, and is not re-armed. Armed whenever a request of the
+  /// finds nothing due, and is not re-armed (or the key's last worker ends
+  /// first and disarms it). Armed whenever a request of the
   /// key is outstanding, it also keeps the pool's execution context running
   /// for the callers that run there (see request_work).
   void arm_request_timer_locked(key_state& k, clock::time_point at) {
@@ -603,6 +604,19 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     k.timeout_timer.async_wait([self = shared_from_this(), k = &k](error_code ec) {
       if (!ec) self->on_request_timer(*k);
     });
+  }
+
+  /// A key with no workers and no outstanding request needs no deadline
+  /// timer: disarming it leaves an idle pool with no pending operation (the
+  /// timer is left armed on the request path itself, where a cancellation per
+  /// request would cost a scheduler operation each).
+  void disarm_request_timer_if_unused(key_state& k) {
+    if (!k.workers.empty() || k.loading > 0) return;
+    std::lock_guard lock(k.mutex);
+    if (k.timer_armed && k.outstanding.empty()) {
+      k.timer_armed = false;
+      k.timeout_timer.cancel();
+    }
   }
 
   void on_request_timer(key_state& k) {
@@ -804,6 +818,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
                memory_->reserved(), memory_->budget());
     finish_all(k, errc::memory_exhausted);
     if (k.workers.empty()) fail_requests(k, errc::memory_exhausted);
+    disarm_request_timer_if_unused(k);
   }
 
   std::uint64_t footprint(key_state& k) {
@@ -1005,6 +1020,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     // A load ended (see attend), or a worker that served is gone: what is still queued may need another.
     attend(k);
     advance_commands(k);
+    disarm_request_timer_if_unused(k);
     if (stopping_ && live_workers_ == 0) finish_shutdown();
     if (live_workers_ == 0) wake_orchestrator();  // it ends when the pool has nothing left to look after
   }
