@@ -4,6 +4,12 @@
 
 #include "support.hpp"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <set>
 #include <thread>
 #include <utility>
@@ -82,6 +88,28 @@ TEST_CASE("worker state transitions are checked in one place", "[lifecycle]") {
   CHECK(failing.transition(failed));
   CHECK_FALSE(failing.begin_eviction());  // nothing left to evict
   CHECK(failing.transition(dead));
+}
+
+TEST_CASE("an illegal transition from a live state fails the debug assertion", "[lifecycle]") {
+#ifdef NDEBUG
+  WARN("release build: illegal transitions are refused, not asserted (checked above)");
+#else
+  // The assertion aborts: run it in a child process and look at how it ended.
+  std::fflush(nullptr);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    if (!std::freopen("/dev/null", "w", stderr)) std::_Exit(2);  // the assertion's message is expected
+    detail::worker_state_cell cell;
+    (void)cell.transition(worker_state::loading);
+    (void)cell.transition(worker_state::idle);  // loading -> idle: a bug
+    std::_Exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGABRT);
+#endif
 }
 
 TEST_CASE("a worker that hangs is declared dead; its caller gets worker_lost and a replacement serves on",
