@@ -392,6 +392,46 @@ RoundtripResult roundtrip_coropool(int clients, int requests, int health_interva
       [&](int i) { return pool.submit("model", i); }, [&] { return pool.async_shutdown(1s, asio::use_awaitable); });
 }
 
+/// The floor under any request path on Asio: no pool, no queue, no
+/// coroutine; per request, one post onto one of 4 worker strands and one post
+/// back to the client's executor, where the client's callback makes its next
+/// request. What this machine's two io threads do before any design is added.
+RoundtripResult roundtrip_asio_floor(int clients, int requests) {
+  asio::io_context ioc(io_threads);
+  std::vector<asio::strand<asio::io_context::executor_type>> workers;
+  for (int w = 0; w < roundtrip_workers; ++w) workers.push_back(asio::make_strand(ioc));
+  std::atomic<int> next{0};
+  std::atomic<int> clients_left{clients};
+  std::vector<std::vector<double>> latency(static_cast<std::size_t>(clients));
+  clock_type::time_point end;
+  std::function<void(int)> request = [&](int c) {
+    const int i = next++;
+    if (i >= requests) {
+      if (--clients_left == 0) end = clock_type::now();
+      return;
+    }
+    const auto t0 = clock_type::now();
+    asio::post(workers[static_cast<std::size_t>(i % roundtrip_workers)], [&, c, i, t0] {
+      const int answer = i + 1;
+      asio::post(ioc, [&, c, i, t0, answer] {
+        latency[static_cast<std::size_t>(c)].push_back(
+            std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
+        if (answer != i + 1) std::abort();
+        request(c);
+      });
+    });
+  };
+  for (int c = 0; c < clients; ++c) {
+    latency[static_cast<std::size_t>(c)].reserve(static_cast<std::size_t>(requests / clients + 1));
+    asio::post(ioc, [&, c] { request(c); });
+  }
+  const auto start = clock_type::now();
+  run_threads(ioc);
+  std::vector<double> all;
+  for (auto& l : latency) all.insert(all.end(), l.begin(), l.end());
+  return {requests / std::chrono::duration<double>(end - start).count(), percentiles(std::move(all))};
+}
+
 /// The same workload with Asio's own channels and no pool: what a careful
 /// hand-written design reaches.
 RoundtripResult roundtrip_asio_channels(int clients, int requests) {
@@ -463,6 +503,7 @@ void roundtrip() {
     print_roundtrip("coropool", clients, requests, 10, median(pinged));
     print_roundtrip("asio-channels", clients, baseline_requests, 0,
                     roundtrip_asio_channels(clients, baseline_requests));
+    print_roundtrip("asio-floor", clients, requests, 0, roundtrip_asio_floor(clients, requests));
   }
 }
 
