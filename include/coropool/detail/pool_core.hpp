@@ -417,16 +417,17 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// claim_answer() and then take_request(), under one lock: the worker's
   /// loop pays one lock per request.
   request_ptr claim_answer_and_take(request_base& r, worker_record& w, bool& answer, bool error, bool failure) {
-    std::lock_guard lock(w.key->mutex);
-    key_state& k = *w.key;
+    // Outside the lock, which every submit of the key contends for: the clock
+    // read, and the latency (the deadline is fixed once the request is queued).
     const auto now = clock::now();
     w.last_progress = now;
+    const double latency_us =
+        std::chrono::duration<double, std::micro>(now - (r.deadline - config_.request_timeout)).count();
+    std::lock_guard lock(w.key->mutex);
+    key_state& k = *w.key;
     k.breaker.record(failure, now);
     answer = claim_answer_locked(r, w, error);
-    if (answer) {
-      const auto submitted = r.deadline - config_.request_timeout;
-      k.latency.record(std::chrono::duration<double, std::micro>(now - submitted).count());
-    }
+    if (answer) k.latency.record(latency_us);
     return take_locked(w);
   }
 
@@ -470,7 +471,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     bool attend_key = false;
     {
       std::lock_guard lock(k.mutex);
-      const auto now = clock::now();
+      const auto now = clock::now();  // under the lock: deadlines are queued in order
       if (k.closed) {
         refused = errc::shutting_down;
       } else if (!k.breaker.admit(now, r->probe)) {
