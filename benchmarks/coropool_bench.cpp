@@ -331,6 +331,14 @@ struct RoundtripResult {
   Percentiles latency;
 };
 
+/// The rate of `requests` made in `elapsed`, and the latency percentiles of all clients.
+RoundtripResult roundtrip_result(int requests, clock_type::duration elapsed,
+                                 const std::vector<std::vector<double>>& latency) {
+  std::vector<double> all;
+  for (const auto& l : latency) all.insert(all.end(), l.begin(), l.end());
+  return {requests / std::chrono::duration<double>(elapsed).count(), percentiles(std::move(all))};
+}
+
 /// Runs `clients` closed-loop clients, each calling `roundtrip(value)` until
 /// `requests` have been made in all; `ready()` must complete before timing starts.
 template <class Ready, class Roundtrip, class Stop>
@@ -368,9 +376,7 @@ RoundtripResult run_roundtrip(asio::io_context& ioc, int clients, int requests, 
       },
       asio::detached);
   run_threads(ioc);
-  std::vector<double> all;
-  for (auto& l : latency) all.insert(all.end(), l.begin(), l.end());
-  return {requests / std::chrono::duration<double>(end - start).count(), percentiles(std::move(all))};
+  return roundtrip_result(requests, end - start, latency);
 }
 
 constexpr int roundtrip_workers = 4;
@@ -427,9 +433,7 @@ RoundtripResult roundtrip_asio_floor(int clients, int requests) {
   }
   const auto start = clock_type::now();
   run_threads(ioc);
-  std::vector<double> all;
-  for (auto& l : latency) all.insert(all.end(), l.begin(), l.end());
-  return {requests / std::chrono::duration<double>(end - start).count(), percentiles(std::move(all))};
+  return roundtrip_result(requests, end - start, latency);
 }
 
 /// The same workload with Asio's own channels and no pool: what a careful
@@ -486,7 +490,7 @@ void roundtrip() {
   constexpr int baseline_requests = 400'000;
   // The rows with and without health pings are compared: each is the median
   // of three runs, alternated so that both see the same machine (one run on
-  // this VM moves by 10 % from the next).
+  // this VM moves by 10 % or more from the next).
   constexpr int runs = 3;
   auto median = [](std::vector<RoundtripResult> r) {
     std::sort(r.begin(), r.end(), [](const auto& a, const auto& b) { return a.req_per_s < b.req_per_s; });

@@ -45,11 +45,6 @@ asio::awaitable<bool> eventually(Done done, std::chrono::steady_clock::duration 
   co_return true;
 }
 
-asio::awaitable<void> pause_for(std::chrono::steady_clock::duration d) {
-  asio::steady_timer t(co_await asio::this_coro::executor, d);
-  co_await t.async_wait(asio::use_awaitable);
-}
-
 }  // namespace
 
 TEST_CASE("worker state transitions are checked in one place", "[lifecycle]") {
@@ -489,7 +484,8 @@ TEST_CASE("100 keys cold-started under a budget for 10 workers: never over budge
         // Every byte is held by a loading worker: nothing is idle, no room can be made.
         auto [e, v] = co_await pool.async_submit("late", 1, asio::as_tuple(asio::use_awaitable));
         submit_error = error_of(e);
-        while (finished < 100) co_await pause_for(1ms);
+        const bool all_finished = co_await eventually([&] { return finished == 100; });
+        CHECK(all_finished);
         std::sort(ready_keys.begin(), ready_keys.end());
         // Use them in a known order: the first used is the least recently used.
         for (const auto& key : ready_keys) co_await pool.submit(key, 1);

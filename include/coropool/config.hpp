@@ -88,7 +88,9 @@ struct PoolConfig {
   std::function<std::uint64_t(const std::string& key)> worker_footprint;
 
   /// Called on the pool's strand whenever the reserved total changes, with
-  /// the new total and the budget: a hook for metrics and tests. Must not throw.
+  /// the new total and the budget: a hook for metrics and tests. Must not
+  /// throw. (If the execution context is destroyed while workers still hold
+  /// reservations, their releases are reported from its destructor.)
   std::function<void(std::uint64_t reserved, std::uint64_t budget)> on_memory_change;
 
   /// Consecutive failures (load failures, handler exceptions, workers lost)

@@ -175,6 +175,10 @@ class Pool {
   ///   queued at the shutdown deadline), `errc::invalid_argument` (empty key);
   /// - the wave's spawn_error (`code()` is `errc::spawn_failed`) when the
   ///   key's loads all failed;
+  /// - a `system_error` with `errc::circuit_open` (the key's breaker refused
+  ///   it), `errc::memory_exhausted` (the key has no worker and the memory
+  ///   budget has no room for one), `errc::worker_lost` (the worker handling
+  ///   it was declared dead), `errc::queue_full` (async_try_submit());
   /// - a `system_error` with `asio::error::operation_aborted` when the
   ///   operation was cancelled through its cancellation slot (any type). A
   ///   queued request is then never handed to `handle`; one being handled
@@ -231,6 +235,9 @@ class Pool {
   /// - `errc::spawn_failed`: every load of the wave failed, and the failure
   ///   is logged; wait_for_workers() throws it as a spawn_error whose
   ///   `cause()` is the loader's own exception;
+  /// - `errc::circuit_open`: the key's breaker is open;
+  /// - `errc::memory_exhausted`: the memory budget has no room for a worker
+  ///   of the key, even after evicting idle workers of other keys;
   /// - `errc::shutting_down`, `errc::invalid_argument`;
   /// - `asio::error::operation_aborted`: the wait was cancelled through its
   ///   cancellation slot (any type); the wave goes on for other callers.
@@ -314,7 +321,8 @@ class Pool {
   /// @par Completion Signature
   /// @code void(boost::system::error_code) @endcode
   /// Success; `errc::spawn_failed` when a load failed and fewer workers are
-  /// ready than asked; `errc::invalid_argument`; `errc::shutting_down`.
+  /// ready than asked; `errc::memory_exhausted` when the memory budget had
+  /// no room for them; `errc::invalid_argument`; `errc::shutting_down`.
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
   auto async_scale(std::string key, std::size_t workers,
                    CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
@@ -344,7 +352,9 @@ class Pool {
   /// @code void(boost::system::error_code) @endcode
   /// Success once every worker present at the call has been replaced;
   /// `errc::spawn_failed` when a replacement failed to load (the workers not
-  /// yet replaced keep serving); `errc::invalid_argument`; `errc::shutting_down`.
+  /// yet replaced keep serving); `errc::memory_exhausted` when the budget has
+  /// no room for a replacement beside the worker it replaces (nothing is
+  /// evicted for it); `errc::invalid_argument`; `errc::shutting_down`.
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
   auto async_restart(std::string key, CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
     return async_command(detail::command::kind::restart, std::move(key), 0, std::forward<CompletionToken>(token));

@@ -80,7 +80,7 @@ class memory_reservation {
 
   std::uint64_t bytes() const noexcept { return bytes_; }
 
-  /// Returns the bytes; what it returned.
+  /// Gives the bytes back to the governor; returns how many.
   std::uint64_t release() noexcept {
     const std::uint64_t bytes = std::exchange(bytes_, 0);
     if (bytes && governor_) governor_->release(bytes);

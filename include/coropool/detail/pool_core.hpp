@@ -831,12 +831,11 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// made to fit by evicting idle workers of other keys, least recently used
   /// first: the spawn then waits until they have ended. False when neither.
   bool spawn_worker(key_state& k) {
-    const std::uint64_t bytes = footprint(k);
-    if (memory_->try_reserve(bytes)) {
+    if (start_worker_if_room(k)) {
       k.memory_short = false;
-      start_worker(k, memory_reservation(memory_, bytes));
       return true;
     }
+    const std::uint64_t bytes = footprint(k);
     if (!make_room(k, bytes)) {
       k.memory_short = true;
       return false;
@@ -886,18 +885,24 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     return true;
   }
 
-  /// Starts the spawns that waited for memory, in order, while they fit.
+  /// Starts the spawns that waited for memory, in order, while they fit
+  /// (at shutdown, drops them).
   void start_waiting_spawns() {
     while (!memory_waiting_.empty()) {
       key_state& k = *memory_waiting_.front();
-      const std::uint64_t bytes = footprint(k);
-      if (!stopping_ && !memory_->try_reserve(bytes)) break;
+      if (!stopping_ && !start_worker_if_room(k)) break;
       memory_waiting_.pop_front();
       --k.memory_pending;
-      promised_ -= bytes;
-      if (stopping_) continue;
-      start_worker(k, memory_reservation(memory_, bytes));
+      promised_ -= footprint(k);
     }
+  }
+
+  /// Reserves `k`'s footprint and starts a worker with it, if it fits now.
+  bool start_worker_if_room(key_state& k) {
+    const std::uint64_t bytes = footprint(k);
+    if (!memory_->try_reserve(bytes)) return false;
+    start_worker(k, memory_reservation(memory_, bytes));
+    return true;
   }
 
   void start_worker(key_state& k, memory_reservation reservation) {
@@ -1190,8 +1195,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     const std::size_t live = k.live_workers.load(std::memory_order_relaxed);
     if (live >= config_.min_workers_per_key) return;
     log_->info("coropool: key '{}' has {} worker(s), refilling to {}", k.name, live, config_.min_workers_per_key);
-    for (std::size_t i = live; i < config_.min_workers_per_key && spawn_worker(k); ++i) {
-    }
+    for (std::size_t n = live; n < config_.min_workers_per_key && spawn_worker(k);) ++n;
   }
 
   // --- the orchestrator: one coroutine on the strand reading the inbox ---
@@ -1272,8 +1276,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     if (live < target) {
       log_->info("coropool: key '{}' scaling up from {} to {} worker(s)", k.name, live, target);
       k.last_failure = nullptr;
-      for (; live < target && spawn_worker(k); ++live) {
-      }
+      while (live < target && spawn_worker(k)) ++live;
       return;
     }
     if (live > target) log_->info("coropool: key '{}' scaling down from {} to {} worker(s)", k.name, live, target);
@@ -1346,14 +1349,12 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       }
       // One replacement at a time, loaded before the worker it replaces leaves: the key serves throughout.
       log_->info("coropool: key '{}' restarting worker {}", k.name, old->id);
-      const std::uint64_t bytes = footprint(k);
-      if (!memory_->try_reserve(bytes)) {  // a replacement needs room of its own while the old worker serves
+      if (!start_worker_if_room(k)) {  // a replacement needs room of its own while the old worker serves
         for (auto& done : std::exchange(k.restart_ops, {})) done->complete(errc::memory_exhausted);
         k.restart_left.clear();
         return;
       }
       k.restarts.fetch_add(1, std::memory_order_relaxed);
-      start_worker(k, memory_reservation(memory_, bytes));
       k.workers.back()->replaces = std::move(old);
     }
   }
