@@ -12,12 +12,16 @@
 //                  one key (queue 1,024) whose handle returns value + 1:
 //                  requests per second and each request's latency.
 // memory           heap bytes added per queued request and per idle worker.
+// core_handoff     one cache line passed back and forth between two threads:
+//                  what any hand-off between the io threads costs here.
 //
 // The first three run for impl "coropool" and for "poll50ms", the old
 // system's fixed loop: check has_workers, then sleep 50 ms on a timer.
 // cold_start_wake also runs "asio-floor": the same callers woken with no pool
 // at all. roundtrip also runs "asio-channels": the same workload written by
-// hand with a concurrent_channel request queue and a reply channel per request.
+// hand with a concurrent_channel request queue and a reply channel per request,
+// "asio-floor" (one post to a worker strand and one back, no pool), and
+// "coropool-context-per-thread" (one io_context and one Pool per io thread).
 
 #include <coropool.hpp>
 
@@ -382,20 +386,144 @@ RoundtripResult run_roundtrip(asio::io_context& ioc, int clients, int requests, 
 constexpr int roundtrip_workers = 4;
 constexpr std::size_t roundtrip_queue = 1024;
 
+/// The workload on coropool: `workers` workers of one key.
 /// `health_interval_ms` 0: the default interval (1 s), so no ping falls in a row.
-RoundtripResult roundtrip_coropool(int clients, int requests, int health_interval_ms) {
+class PoolSystem {
+ public:
+  PoolSystem(asio::io_context& ioc, int workers, int health_interval_ms = 0)
+      : pool_(ioc, config(workers, health_interval_ms), timed_loader(1ms, nullptr),
+              [](Model&, int x) -> asio::awaitable<int> { co_return x + 1; }) {}
+
+  asio::awaitable<void> ready() { return pool_.wait_for_workers("model", 10s); }
+  asio::awaitable<int> roundtrip(int i) { return pool_.submit("model", i); }
+  asio::awaitable<void> stop() { return pool_.async_shutdown(1s, asio::use_awaitable); }
+
+ private:
+  static coropool::PoolConfig config(int workers, int health_interval_ms) {
+    coropool::PoolConfig config = quiet_config();
+    if (health_interval_ms > 0) config.health_interval = std::chrono::milliseconds(health_interval_ms);
+    config.cold_start_workers = static_cast<std::size_t>(workers);
+    config.max_workers_per_key = static_cast<std::size_t>(workers);
+    config.queue_capacity = roundtrip_queue;
+    config.compute_threads = 1;
+    return config;
+  }
+
+  BenchPool pool_;
+};
+
+/// The same workload with Asio's own channels and no pool, what a careful
+/// hand-written design reaches: a concurrent_channel request queue read by
+/// `workers` coroutines, and a reply channel per request.
+class ChannelSystem {
+ public:
+  ChannelSystem(asio::io_context& ioc, int workers) : ioc_(ioc), queue_(ioc, roundtrip_queue) {
+    for (int w = 0; w < workers; ++w) {
+      asio::co_spawn(
+          ioc,
+          [this]() -> asio::awaitable<void> {
+            for (;;) {
+              auto [ec, job] = co_await queue_.async_receive(asio::as_tuple(asio::use_awaitable));
+              if (ec) co_return;  // closed
+              co_await job.reply->async_send(boost::system::error_code(), job.value + 1, asio::use_awaitable);
+            }
+          },
+          asio::detached);
+    }
+  }
+
+  asio::awaitable<void> ready() { co_return; }
+
+  asio::awaitable<int> roundtrip(int i) {
+    auto reply = std::make_shared<reply_channel>(ioc_, 1);
+    Job job{i, reply};  // named: GCC 12 destroys a braced temporary of a co_await expression twice
+    co_await queue_.async_send(boost::system::error_code(), std::move(job), asio::use_awaitable);
+    co_return co_await reply->async_receive(asio::use_awaitable);
+  }
+
+  asio::awaitable<void> stop() {
+    queue_.close();
+    co_return;
+  }
+
+ private:
+  using reply_channel = asio::experimental::concurrent_channel<void(boost::system::error_code, int)>;
+  struct Job {
+    int value;
+    std::shared_ptr<reply_channel> reply;
+  };
+  using request_channel = asio::experimental::concurrent_channel<void(boost::system::error_code, Job)>;
+
+  asio::io_context& ioc_;
+  request_channel queue_;
+};
+
+/// A system on one io_context run by every io thread.
+template <class System, class... Args>
+RoundtripResult roundtrip_shared(int clients, int requests, Args... args) {
   asio::io_context ioc(io_threads);
-  coropool::PoolConfig config = quiet_config();
-  if (health_interval_ms > 0) config.health_interval = std::chrono::milliseconds(health_interval_ms);
-  config.cold_start_workers = roundtrip_workers;
-  config.max_workers_per_key = roundtrip_workers;
-  config.queue_capacity = roundtrip_queue;
-  config.compute_threads = 1;
-  BenchPool pool(ioc, config, timed_loader(1ms, nullptr),
-                 [](Model&, int x) -> asio::awaitable<int> { co_return x + 1; });
+  System system(ioc, roundtrip_workers, args...);
   return run_roundtrip(
-      ioc, clients, requests, [&] { return pool.wait_for_workers("model", 10s); },
-      [&](int i) { return pool.submit("model", i); }, [&] { return pool.async_shutdown(1s, asio::use_awaitable); });
+      ioc, clients, requests, [&] { return system.ready(); }, [&](int i) { return system.roundtrip(i); },
+      [&] { return system.stop(); });
+}
+
+/// The same workload in Asio's "io_context per core" shape: one io_context
+/// per io thread, each with its own System of workers / io_threads workers
+/// and clients / io_threads of the clients. No request crosses threads, so
+/// this is what the same code does when the io threads share nothing; with
+/// one shared io_context every hand-off between the threads moves cache lines
+/// from one core to the other (see core_handoff).
+template <class System>
+RoundtripResult roundtrip_per_context(int clients, int requests) {
+  struct Shard {
+    asio::io_context ioc{1};
+    std::unique_ptr<System> system;
+    std::atomic<int> next{0};
+    int clients_left = 0;  // only this shard's thread touches it
+  };
+  std::vector<std::unique_ptr<Shard>> shards;
+  for (int s = 0; s < io_threads; ++s) {
+    auto shard = std::make_unique<Shard>();
+    shard->system = std::make_unique<System>(shard->ioc, roundtrip_workers / io_threads);
+    // Ready before the clock starts: each context runs on this thread until then.
+    bool ready = false;
+    asio::co_spawn(shard->ioc, shard->system->ready(), [&](std::exception_ptr e) {
+      if (e) std::abort();
+      ready = true;
+    });
+    while (!ready) shard->ioc.run_one();
+    shards.push_back(std::move(shard));
+  }
+  const int per_context = requests / io_threads;
+  std::atomic<int> clients_left{clients};
+  std::vector<std::vector<double>> latency(static_cast<std::size_t>(clients));
+  clock_type::time_point end;
+  for (int c = 0; c < clients; ++c) {
+    Shard* shard = shards[static_cast<std::size_t>(c % io_threads)].get();
+    ++shard->clients_left;
+    asio::co_spawn(
+        shard->ioc,
+        [&, c, shard]() -> asio::awaitable<void> {
+          auto& mine = latency[static_cast<std::size_t>(c)];
+          mine.reserve(static_cast<std::size_t>(requests / clients + 1));
+          for (int i = shard->next++; i < per_context; i = shard->next++) {
+            const auto t0 = clock_type::now();
+            const int answer = co_await shard->system->roundtrip(i);
+            mine.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
+            if (answer != i + 1) std::abort();
+          }
+          if (--clients_left == 0) end = clock_type::now();
+          if (--shard->clients_left == 0) co_await shard->system->stop();
+        },
+        asio::detached);
+  }
+  const auto start = clock_type::now();
+  std::vector<std::thread> threads;
+  for (std::size_t s = 1; s < shards.size(); ++s) threads.emplace_back([&, s] { shards[s]->ioc.run(); });
+  shards[0]->ioc.run();
+  for (auto& t : threads) t.join();
+  return roundtrip_result(per_context * io_threads, end - start, latency);
 }
 
 /// The floor under any request path on Asio: no pool, no queue, no
@@ -436,43 +564,6 @@ RoundtripResult roundtrip_asio_floor(int clients, int requests) {
   return roundtrip_result(requests, end - start, latency);
 }
 
-/// The same workload with Asio's own channels and no pool: what a careful
-/// hand-written design reaches.
-RoundtripResult roundtrip_asio_channels(int clients, int requests) {
-  using reply_channel = asio::experimental::concurrent_channel<void(boost::system::error_code, int)>;
-  struct Job {
-    int value;
-    std::shared_ptr<reply_channel> reply;
-  };
-  using request_channel = asio::experimental::concurrent_channel<void(boost::system::error_code, Job)>;
-  asio::io_context ioc(io_threads);
-  request_channel queue(ioc, roundtrip_queue);
-  for (int w = 0; w < roundtrip_workers; ++w) {
-    asio::co_spawn(
-        ioc,
-        [&]() -> asio::awaitable<void> {
-          for (;;) {
-            auto [ec, job] = co_await queue.async_receive(asio::as_tuple(asio::use_awaitable));
-            if (ec) co_return;  // closed
-            co_await job.reply->async_send(boost::system::error_code(), job.value + 1, asio::use_awaitable);
-          }
-        },
-        asio::detached);
-  }
-  auto ready = []() -> asio::awaitable<void> { co_return; };
-  auto roundtrip = [&](int i) -> asio::awaitable<int> {
-    auto reply = std::make_shared<reply_channel>(ioc, 1);
-    Job job{i, reply};  // named: GCC 12 destroys a braced temporary of a co_await expression twice
-    co_await queue.async_send(boost::system::error_code(), std::move(job), asio::use_awaitable);
-    co_return co_await reply->async_receive(asio::use_awaitable);
-  };
-  auto stop = [&]() -> asio::awaitable<void> {
-    queue.close();
-    co_return;
-  };
-  return run_roundtrip(ioc, clients, requests, ready, roundtrip, stop);
-}
-
 void print_roundtrip(const char* impl, int clients, int requests, int health_interval_ms, const RoundtripResult& r) {
   char health[48] = "";
   if (health_interval_ms > 0) std::snprintf(health, sizeof health, ",\"health_interval_ms\":%d", health_interval_ms);
@@ -500,14 +591,20 @@ void roundtrip() {
     std::vector<RoundtripResult> quiet;
     std::vector<RoundtripResult> pinged;
     for (int run = 0; run < runs; ++run) {
-      quiet.push_back(roundtrip_coropool(clients, requests, 0));
-      pinged.push_back(roundtrip_coropool(clients, requests, 10));
+      quiet.push_back(roundtrip_shared<PoolSystem>(clients, requests, 0));
+      pinged.push_back(roundtrip_shared<PoolSystem>(clients, requests, 10));
     }
     print_roundtrip("coropool", clients, requests, 0, median(quiet));
     print_roundtrip("coropool", clients, requests, 10, median(pinged));
     print_roundtrip("asio-channels", clients, baseline_requests, 0,
-                    roundtrip_asio_channels(clients, baseline_requests));
+                    roundtrip_shared<ChannelSystem>(clients, baseline_requests));
     print_roundtrip("asio-floor", clients, requests, 0, roundtrip_asio_floor(clients, requests));
+    if (clients % io_threads == 0 && roundtrip_workers % io_threads == 0) {
+      print_roundtrip("coropool-context-per-thread", clients, requests, 0,
+                      roundtrip_per_context<PoolSystem>(clients, requests));
+      print_roundtrip("asio-channels-context-per-thread", clients, baseline_requests, 0,
+                      roundtrip_per_context<ChannelSystem>(clients, baseline_requests));
+    }
   }
 }
 
@@ -547,6 +644,36 @@ void idle_cpu() {
       "{\"bench\":\"idle_cpu\",\"impl\":\"coropool\",\"threads\":%d,\"params\":{\"keys\":%d,"
       "\"workers_per_key\":%d,\"seconds\":%d},\"cpu_s\":%.4f}\n",
       io_threads, keys, workers_per_key, static_cast<int>(measured.count()), cpu);
+  std::fflush(stdout);
+}
+
+// --- core_handoff ---
+
+/// What one hand-off between two threads costs on this machine, with no
+/// Asio and no pool: two threads pass a counter back and forth through one
+/// cache line, spinning. Every request path that lets two io threads touch
+/// the same data pays this per line and per direction.
+void core_handoff() {
+  constexpr int round_trips = 1'000'000;
+  alignas(64) std::atomic<int> turn{0};
+  std::thread other([&] {
+    for (int i = 0; i < round_trips; ++i) {
+      while (turn.load(std::memory_order_acquire) != 2 * i + 1) {
+      }
+      turn.store(2 * i + 2, std::memory_order_release);
+    }
+  });
+  const auto start = clock_type::now();
+  for (int i = 0; i < round_trips; ++i) {
+    turn.store(2 * i + 1, std::memory_order_release);
+    while (turn.load(std::memory_order_acquire) != 2 * i + 2) {
+    }
+  }
+  const auto elapsed = clock_type::now() - start;
+  other.join();
+  std::printf("{\"bench\":\"core_handoff\",\"impl\":\"atomic\",\"threads\":2,\"params\":{\"round_trips\":%d},"
+              "\"round_trip_ns\":%.0f}\n",
+              round_trips, std::chrono::duration<double, std::nano>(elapsed).count() / round_trips);
   std::fflush(stdout);
 }
 
@@ -623,6 +750,7 @@ int main(int argc, char* argv[]) {
                                                                {"idle_wait_cpu", idle_wait_cpu},
                                                                {"idle_cpu", idle_cpu},
                                                                {"roundtrip", roundtrip},
+                                                               {"core_handoff", core_handoff},
                                                                {"memory", memory}};
   std::vector<std::string> chosen(argv + 1, argv + argc);
   if (chosen.empty()) {
