@@ -676,9 +676,10 @@ void core_handoff() {
   }
   const auto elapsed = clock_type::now() - start;
   other.join();
-  std::printf("{\"bench\":\"core_handoff\",\"impl\":\"atomic\",\"threads\":2,\"params\":{\"round_trips\":%d},"
-              "\"round_trip_ns\":%.0f}\n",
-              round_trips, std::chrono::duration<double, std::nano>(elapsed).count() / round_trips);
+  std::printf(
+      "{\"bench\":\"core_handoff\",\"impl\":\"atomic\",\"threads\":2,\"params\":{\"round_trips\":%d},"
+      "\"round_trip_ns\":%.0f}\n",
+      round_trips, std::chrono::duration<double, std::nano>(elapsed).count() / round_trips);
   std::fflush(stdout);
 }
 
