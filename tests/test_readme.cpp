@@ -103,3 +103,7 @@ TEST_CASE("the README's operating snippet runs", "[readme][lifecycle]") {
   CHECK(metrics.find("coropool_restarts_total{key=\"bert\"} 3\n") != std::string::npos);
   CHECK(metrics.find("coropool_memory_budget_bytes 8589934592\n") != std::string::npos);
 }
+
+TEST_CASE("the README's io_context-per-core snippet runs", "[readme][concurrency]") {
+  CHECK(readme_snippet_7::serve_on_every_core(2) == 84);
+}
