@@ -513,3 +513,68 @@ TEST_CASE("100 keys cold-started under a budget for 10 workers: never over budge
   CHECK(stats.memory_reserved == 0);  // every reservation went back to the real counter
   CHECK(stats.memory_budget == 10 * footprint);
 }
+
+TEST_CASE("cold starts racing on two threads never exceed the memory budget", "[lifecycle][memory][concurrency]") {
+  asio::io_context ioc(2);
+  auto script = std::make_shared<LoadScript>();
+  script->delay = 2ms;
+  constexpr std::uint64_t footprint = 100;
+  constexpr std::uint64_t budget = 10 * footprint;
+  // The observer runs wherever a reservation changes: atomics, and no Catch assertion off the test's thread.
+  std::atomic<std::uint64_t> most_reserved{0};
+  std::atomic<bool> over_budget{false};
+  PoolConfig config = lifecycle_config(1, 2);
+  config.health_interval = 1s;  // quiet: this test is about memory
+  config.health_timeout = 5s;
+  config.idle_timeout = 1h;  // only the governor evicts here
+  config.memory_budget = budget;
+  config.worker_footprint = [](const std::string&) { return footprint; };
+  config.on_memory_change = [&](std::uint64_t reserved, std::uint64_t limit) {
+    if (reserved > limit) over_budget = true;  // checked on every change, not sampled
+    std::uint64_t seen = most_reserved.load();
+    while (seen < reserved && !most_reserved.compare_exchange_weak(seen, reserved)) {
+    }
+  };
+  IntPool pool(ioc, config, scripted_loader(script), echo_handler());
+  // 8 callers on both threads cycle through 40 keys, each used by several
+  // callers at once: cold starts race for 10 workers' worth of memory, and
+  // the governor evicts the least recently used idle workers to make room.
+  constexpr int callers = 8;
+  constexpr int keys = 40;
+  constexpr int per_caller = 60;
+  std::atomic<int> answered{0};
+  std::atomic<int> wrong{0};
+  std::atomic<int> exhausted{0};
+  std::atomic<int> other{0};
+  std::atomic<int> callers_left{callers};
+  for (int c = 0; c < callers; ++c) {
+    asio::co_spawn(
+        ioc,
+        [&, c]() -> asio::awaitable<void> {
+          for (int i = 0; i < per_caller; ++i) {
+            const std::string key = "k" + std::to_string((c * 5 + i) % keys);
+            auto [e, v] = co_await pool.async_submit(key, i, asio::as_tuple(asio::use_awaitable));
+            if (!e) {
+              ++answered;
+              if (v != i + 1) ++wrong;
+            } else if (error_of(e) == errc::memory_exhausted) {
+              ++exhausted;
+            } else {
+              ++other;
+            }
+          }
+          if (--callers_left == 0) co_await pool.async_shutdown(1s, asio::use_awaitable);
+        },
+        asio::detached);
+  }
+  REQUIRE(run_until_idle(ioc, 2));
+  CHECK_FALSE(over_budget.load());
+  CHECK(most_reserved.load() == budget);  // 40 keys: the budget fills, and evictions make room
+  CHECK(answered.load() + exhausted.load() == callers * per_caller);
+  CHECK(answered.load() > 0);
+  CHECK(wrong.load() == 0);
+  CHECK(other.load() == 0);
+  const auto stats = pool.stats();
+  CHECK(stats.memory_reserved == 0);  // every reservation went back
+  CHECK(stats.total().evictions > 0);
+}
