@@ -429,9 +429,8 @@ class Pool {
     void operator()(Handler&& handler, std::string key, Request request) const {
       using op_type = detail::request_op<Request, Response, std::decay_t<Handler>>;
       std::decay_t<Handler> h(std::forward<Handler>(handler));
-      boost::intrusive_ptr<op_type> op(
-          new op_type(std::move(request), std::move(h), core->get_executor(), &core->context()));
-      core->start_submit(std::move(op), key, wait_for_room);
+      core->start_submit(op_type::create(std::move(request), std::move(h), core->get_executor(), &core->context()), key,
+                         wait_for_room);
     }
   };
 

@@ -53,11 +53,14 @@ class request_base {
 
   friend void intrusive_ptr_add_ref(request_base* r) noexcept { r->refs_.fetch_add(1, std::memory_order_relaxed); }
   friend void intrusive_ptr_release(request_base* r) noexcept {
-    if (r->refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete r;
+    if (r->refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) r->destroy();
   }
 
  protected:
   virtual ~request_base() = default;
+
+  /// Destroys the request and frees its memory, as it was allocated.
+  virtual void destroy() noexcept { delete this; }
 
  private:
   std::atomic<std::uint32_t> refs_{0};
@@ -93,8 +96,15 @@ class request_entry : public request_base {
   /// callers may be delivered in batches (see answer_batch). Null otherwise.
   virtual const executor* batch_executor() const noexcept { return nullptr; }
 
-  /// Calls the caller's handler now; the caller runs on batch_executor() already.
-  virtual void invoke(std::exception_ptr error, Response response) { complete(std::move(error), std::move(response)); }
+  /// Calls the caller's handler now; the caller runs on batch_executor()
+  /// already. `self` is the caller's reference to this request: it is
+  /// dropped before the handler runs, so that the handler's next request can
+  /// reuse the memory when that was the last reference (as Asio frees an
+  /// operation before its upcall).
+  virtual void invoke(std::exception_ptr error, Response response,
+                      [[maybe_unused]] boost::intrusive_ptr<request_entry> self) {
+    complete(std::move(error), std::move(response));  // self keeps *this alive until then
+  }
 
   void fail(error_code ec, std::exception_ptr error) final {
     complete(error ? std::move(error) : std::make_exception_ptr(boost::system::system_error(ec)), Response{});
@@ -140,9 +150,33 @@ class request_work<Handler> {
 };
 
 /// The caller's handler, `void(std::exception_ptr, Response)`, and the work it keeps alive.
+///
+/// Allocated with Asio's recycling allocator, as Asio allocates its own
+/// operations, and freed before the handler runs when nothing else holds it
+/// (invoke): a caller's next request then takes the memory its last one freed,
+/// on the same thread, instead of operator new freeing on one thread what
+/// another allocated (with glibc, contending for that thread's arena). Not
+/// with the handler's associated allocator: a request may outlive its upcall
+/// (a worker or the timer may still hold it), and Asio's contract for that
+/// allocator is that its memory is freed before the upcall.
 template <class Request, class Response, class Handler>
 class request_op final : public request_entry<Request, Response> {
+  using allocator_type = asio::recycling_allocator<request_op>;
+
  public:
+  static boost::intrusive_ptr<request_op> create(Request&& r, Handler&& handler, const executor& pool_executor,
+                                                 const asio::execution_context* pool_context) {
+    allocator_type allocator;
+    request_op* memory = allocator.allocate(1);
+    try {
+      return boost::intrusive_ptr<request_op>(
+          new (memory) request_op(std::move(r), std::move(handler), pool_executor, pool_context));
+    } catch (...) {
+      allocator.deallocate(memory, 1);
+      throw;
+    }
+  }
+
   request_op(Request&& r, Handler&& handler, const executor& pool_executor, const asio::execution_context* pool_context)
       : request_entry<Request, Response>(std::move(r)),
         work_(handler, pool_executor, pool_context),
@@ -163,9 +197,11 @@ class request_op final : public request_entry<Request, Response> {
     }
   }
 
-  void invoke(std::exception_ptr error, Response response) override {
+  void invoke(std::exception_ptr error, Response response,
+              boost::intrusive_ptr<request_entry<Request, Response>> self) override {
     auto work = std::move(work_);
     auto handler = std::move(handler_);
+    self.reset();  // may destroy *this: touch no member below
     std::move(handler)(std::move(error), std::move(response));
   }
 
@@ -175,6 +211,11 @@ class request_op final : public request_entry<Request, Response> {
   }
 
  private:
+  void destroy() noexcept override {
+    this->~request_op();
+    allocator_type().deallocate(this, 1);
+  }
+
   request_work<Handler> work_;
   Handler handler_;
 };
@@ -232,7 +273,8 @@ class answer_batch {
     for (std::size_t i = 0; i < answers.size(); ++i) {
       try {
         auto& a = answers[i];
-        a.entry->invoke(std::move(a.error), std::move(a.response));
+        Entry& entry = *a.entry;
+        entry.invoke(std::move(a.error), std::move(a.response), std::move(a.entry));
       } catch (...) {
         if (i + 1 < answers.size()) {
           auto rest = std::make_shared<answer_batch>(target_);
