@@ -348,6 +348,20 @@ RoundtripResult roundtrip_result(int requests, clock_type::duration elapsed,
   return {requests / std::chrono::duration<double>(elapsed).count(), percentiles(std::move(all))};
 }
 
+/// One closed-loop client: takes request numbers from `next` until
+/// `requests`, awaits `roundtrip(i)` for each and records its latency.
+template <class Roundtrip>
+asio::awaitable<void> closed_loop_client(std::atomic<int>& next, int requests, std::size_t expected,
+                                         ClientLatencies& mine, Roundtrip roundtrip) {
+  mine.reserve(expected);
+  for (int i = next++; i < requests; i = next++) {
+    const auto t0 = clock_type::now();
+    const int answer = co_await roundtrip(i);
+    mine.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
+    if (answer != i + 1) std::abort();
+  }
+}
+
 /// Runs `clients` closed-loop clients, each calling `roundtrip(value)` until
 /// `requests` have been made in all; `ready()` must complete before timing starts.
 template <class Ready, class Roundtrip, class Stop>
@@ -367,14 +381,8 @@ RoundtripResult run_roundtrip(asio::io_context& ioc, int clients, int requests, 
           asio::co_spawn(
               ioc,
               [&, c]() -> asio::awaitable<void> {
-                auto& mine = latency[static_cast<std::size_t>(c)];
-                mine.reserve(static_cast<std::size_t>(requests / clients + 1));
-                for (int i = next++; i < requests; i = next++) {
-                  const auto t0 = clock_type::now();
-                  const int answer = co_await roundtrip(i);
-                  mine.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
-                  if (answer != i + 1) std::abort();
-                }
+                co_await closed_loop_client(next, requests, static_cast<std::size_t>(requests / clients + 1),
+                                            latency[static_cast<std::size_t>(c)], roundtrip);
                 if (--clients_left == 0) {
                   end = clock_type::now();
                   co_await stop();
@@ -510,14 +518,9 @@ RoundtripResult roundtrip_per_context(int clients, int requests) {
     asio::co_spawn(
         shard->ioc,
         [&, c, shard]() -> asio::awaitable<void> {
-          auto& mine = latency[static_cast<std::size_t>(c)];
-          mine.reserve(static_cast<std::size_t>(requests / clients + 1));
-          for (int i = shard->next++; i < per_context; i = shard->next++) {
-            const auto t0 = clock_type::now();
-            const int answer = co_await shard->system->roundtrip(i);
-            mine.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
-            if (answer != i + 1) std::abort();
-          }
+          co_await closed_loop_client(shard->next, per_context, static_cast<std::size_t>(requests / clients + 1),
+                                      latency[static_cast<std::size_t>(c)],
+                                      [shard](int i) { return shard->system->roundtrip(i); });
           if (--clients_left == 0) end = clock_type::now();
           if (--shard->clients_left == 0) co_await shard->system->stop();
         },
