@@ -1192,10 +1192,10 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       std::lock_guard lock(k.mutex);
       if (k.breaker.refuses(clock::now())) return;  // an open breaker loads nothing
     }
-    const std::size_t live = k.live_workers.load(std::memory_order_relaxed);
+    std::size_t live = k.live_workers.load(std::memory_order_relaxed);
     if (live >= config_.min_workers_per_key) return;
     log_->info("coropool: key '{}' has {} worker(s), refilling to {}", k.name, live, config_.min_workers_per_key);
-    for (std::size_t n = live; n < config_.min_workers_per_key && spawn_worker(k);) ++n;
+    while (live < config_.min_workers_per_key && spawn_worker(k)) ++live;
   }
 
   // --- the orchestrator: one coroutine on the strand reading the inbox ---

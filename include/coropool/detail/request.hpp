@@ -97,8 +97,8 @@ class request_entry : public request_base {
   virtual const executor* batch_executor() const noexcept { return nullptr; }
 
   /// Calls the caller's handler now; the caller runs on batch_executor()
-  /// already. `self` is the caller's reference to this request: it is
-  /// dropped before the handler runs, so that the handler's next request can
+  /// already. `self` is the batch's reference to this request: request_op
+  /// drops it before the handler runs, so that the handler's next request can
   /// reuse the memory when that was the last reference (as Asio frees an
   /// operation before its upcall).
   virtual void invoke(std::exception_ptr error, Response response,
