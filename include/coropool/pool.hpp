@@ -76,8 +76,10 @@ class Pool {
   /// The executor the pool's workers and timers run on.
   using executor_type = asio::any_io_executor;
 
-  /// The clock of every timeout.
-  using clock = std::chrono::steady_clock;
+  /// The clock of every timeout (`std::chrono::steady_clock`). Every
+  /// duration, in PoolConfig or an argument, may be anything up to
+  /// `clock::duration::max()`, which means never.
+  using clock = detail::clock;
 
   /// Constructs a pool on an executor.
   ///
@@ -380,9 +382,11 @@ class Pool {
   /// serve. At the deadline every request still queued or being handled
   /// completes with `errc::shutting_down` (none is dropped) and every worker
   /// left is cancelled (per-operation cancellation of its coroutine).
-  /// Calling it again joins the shutdown under way.
+  /// Calling it again joins the shutdown under way; the earliest deadline
+  /// asked for holds (destroying the Pool asks for "now").
   ///
-  /// @param deadline How long queued requests and loads in flight may still take.
+  /// @param deadline How long queued requests and loads in flight may still
+  ///                 take; `clock::duration::max()` waits for them however long.
   /// @param token    The completion token.
   ///
   /// @par Completion Signature
@@ -513,7 +517,10 @@ class Pool {
     } catch (...) {
       error = std::current_exception();
     }
-    if (error && w.stop_requested.load(std::memory_order_acquire)) {
+    // Cancelled because the pool stopped the worker (shutdown's deadline), not
+    // because its reader left: the reader is told why. Any other error is the handler's own.
+    if (error && w.stop_requested.load(std::memory_order_acquire) && !stream.reader_gone() &&
+        detail::is_operation_aborted(error)) {
       error = std::make_exception_ptr(boost::system::system_error(make_error_code(errc::shutting_down)));
     }
     stream.end(std::move(error));

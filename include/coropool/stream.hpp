@@ -133,17 +133,25 @@ class stream_state final : public abandonable, public std::enable_shared_from_th
     return true;
   }
 
-  /// The reader left: buffered chunks are dropped and the writer is stopped.
+  /// The reader left: buffered chunks are dropped, the writer is stopped,
+  /// and a read still waiting completes with `operation_aborted` at once (as
+  /// an Asio I/O object's close() completes its pending operations).
   void leave() {
     std::unique_ptr<completion<error_code>> writer;
+    std::unique_ptr<completion<std::exception_ptr, std::optional<Chunk>>> reader;
     {
       std::lock_guard lock(mutex_);
       reader_gone_ = true;
       buffer_.clear();
       pending_.reset();
       writer = std::move(writer_);
+      reader = std::move(reader_);
     }
     if (writer) writer->complete(asio::error::operation_aborted);
+    if (reader) {
+      reader->complete(std::make_exception_ptr(boost::system::system_error(asio::error::operation_aborted)),
+                       std::nullopt);
+    }
   }
 
   bool reader_gone() const {

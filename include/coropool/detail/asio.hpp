@@ -2,6 +2,8 @@
 
 // The Asio pieces coropool uses, and the aliases its headers share.
 
+#include "coropool/detail/time.hpp"
+
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/append.hpp>
@@ -38,7 +40,6 @@ namespace detail {
 
 using executor = asio::any_io_executor;
 using strand_type = asio::strand<executor>;
-using clock = std::chrono::steady_clock;
 using timer_type = asio::basic_waitable_timer<clock, asio::wait_traits<clock>, executor>;
 
 }  // namespace detail

@@ -64,7 +64,7 @@ class circuit_breaker {
  private:
   void open(clock::time_point now) {
     state_ = breaker_state::open;
-    open_until_ = now + open_duration_;
+    open_until_ = deadline_after(now, open_duration_);  // never, for open_duration = max()
     failures_ = 0;
     ++epoch_;
     ++opened_;

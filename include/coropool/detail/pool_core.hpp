@@ -144,7 +144,8 @@ struct key_state {
   bool warm = false;                                    // spawned and not evicted since: kept at min_workers_per_key
   std::size_t memory_pending = 0;                       // spawns waiting for evicted workers to free memory
   bool memory_short = false;                            // the last spawn found no room in the budget
-  std::optional<std::uint64_t> footprint;               // PoolConfig::worker_footprint, asked once
+  bool scale_up_failed = false;  // a load failed while the key served: scale-up waits for the next maintenance tick
+  std::optional<std::uint64_t> footprint;  // PoolConfig::worker_footprint, asked once
   std::atomic<std::uint64_t> memory_reserved{0};
   struct scale_op {
     std::size_t target;
@@ -358,7 +359,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       std::lock_guard lock(r.key->mutex);
       if (r.state == request_base::phase::done) return;
       claim_locked(*r.key, r);  // the caller's reference keeps r alive
-      ++r.key->cancelled;
+      ++outcome_counter_locked(*r.key, asio::error::operation_aborted);
     }
     r.fail(asio::error::operation_aborted, nullptr);
   }
@@ -405,24 +406,17 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   bool counts_as_failure(const std::exception_ptr& e) const {
     if (!e) return false;
     if (config_.breaker_counts) return config_.breaker_counts(e);
-    try {
-      std::rethrow_exception(e);
-    } catch (const boost::system::system_error& error) {
-      return error.code() != asio::error::operation_aborted;
-    } catch (...) {
-      return true;
-    }
+    return !is_operation_aborted(e);
   }
 
   /// claim_answer() and then take_request(), under one lock: the worker's
   /// loop pays one lock per request.
   request_ptr claim_answer_and_take(request_base& r, worker_record& w, bool& answer, bool error, bool failure) {
     // Outside the lock, which every submit of the key contends for: the clock
-    // read, and the latency (the deadline is fixed once the request is queued).
+    // read, and the latency (`accepted` is fixed once the request is queued).
     const auto now = clock::now();
     w.last_progress = now;
-    const double latency_us =
-        std::chrono::duration<double, std::micro>(now - (r.deadline - config_.request_timeout)).count();
+    const double latency_us = std::chrono::duration<double, std::micro>(now - r.accepted).count();
     std::lock_guard lock(w.key->mutex);
     key_state& k = *w.key;
     k.breaker.record(failure, now);
@@ -499,7 +493,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
         ++k.rejected;
       } else {
         ++k.submitted;
-        r->deadline = now + config_.request_timeout;
+        r->accepted = now;
+        r->deadline = deadline_after(now, config_.request_timeout);
         k.outstanding.push_back(*r);
         intrusive_ptr_add_ref(r.get());
         if (!k.timer_armed) arm_request_timer_locked(k, r->deadline);
@@ -555,6 +550,14 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     k.queue.push_back(r);
   }
 
+  /// The counter of KeyStats that a caller completed by the pool with `ec`
+  /// is counted in: the bucket named after what the caller sees.
+  static std::uint64_t& outcome_counter_locked(key_state& k, error_code ec) {
+    if (ec == errc::request_timeout) return k.timed_out;
+    if (ec == asio::error::operation_aborted) return k.cancelled;
+    return k.failed;
+  }
+
   /// Marks `r` done and takes it off every list. The caller holds a reference
   /// of its own, so dropping the list's cannot destroy it under the lock.
   void claim_locked(key_state& k, request_base& r) {
@@ -587,7 +590,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     {
       std::lock_guard lock(k.mutex);
       claimed = claim_all_locked(k);
-      k.failed += claimed.size();
+      outcome_counter_locked(k, ec) += claimed.size();
     }
     for (auto& r : claimed) r->fail(ec, error);
   }
@@ -626,7 +629,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       std::lock_guard lock(k.mutex);
       k.timer_armed = false;
       expired = claim_all_locked(k, clock::now());
-      k.timed_out += expired.size();
+      outcome_counter_locked(k, errc::request_timeout) += expired.size();
       if (!k.outstanding.empty()) arm_request_timer_locked(k, k.outstanding.front().deadline);
     }
     if (!expired.empty()) log_->debug("coropool: {} request(s) of key '{}' timed out", expired.size(), k.name);
@@ -686,7 +689,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     }
     if (!backlog) return;
     if (k.ready_workers.load(std::memory_order_relaxed) == 0) return ensure_spawning(k);
-    if (!idle && k.workers.size() < config_.max_workers_per_key) {
+    if (!idle && k.workers.size() < config_.max_workers_per_key && !k.scale_up_failed) {
       log_->info("coropool: key '{}' is busy, adding worker {} of at most {}", k.name, k.workers.size() + 1,
                  config_.max_workers_per_key);
       spawn_worker(k);
@@ -699,10 +702,17 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     return it == keys_.end() ? nullptr : it->second.get();
   }
 
+  /// The key named `name`, made on first use. A key made once shutdown has
+  /// begun is born closed: shutdown raises its flag under keys_mutex_ before
+  /// it closes the keys it finds, so a submit racing it to a new key is
+  /// refused with shutting_down either way.
   key_state& key_for(const std::string& name) {
     std::lock_guard lock(keys_mutex_);
     auto& slot = keys_[name];
-    if (!slot) slot = std::make_shared<key_state>(name, executor_, config_);
+    if (!slot) {
+      slot = std::make_shared<key_state>(name, executor_, config_);
+      slot->closed = stopping_flag_.load(std::memory_order_relaxed);
+    }
     return *slot;
   }
 
@@ -731,15 +741,18 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     w->group = group_for(k, w->batch_executor);
     w->position = w->group->members.insert(w->group->members.end(), w);
     k.waiter_count.fetch_add(1, std::memory_order_relaxed);
-    w->timer.expires_after(timeout);
-    w->timer.async_wait([self = shared_from_this(), w](error_code ec) {
-      if (ec) return;  // disarmed: the waiter was finished on the strand
-      asio::dispatch(self->strand_, [self, w] {
-        if (w->done) return;
-        self->log_->debug("coropool: wait for key '{}' timed out", w->key->name);
-        self->finish(*w, errc::spawn_timeout);
+    // A deadline of never arms no timer: the handler's work guard keeps its context running.
+    if (const auto deadline = deadline_after(clock::now(), timeout); !is_never(deadline)) {
+      w->timer.expires_at(deadline);
+      w->timer.async_wait([self = shared_from_this(), w](error_code ec) {
+        if (ec) return;  // disarmed: the waiter was finished on the strand
+        asio::dispatch(self->strand_, [self, w] {
+          if (w->done) return;
+          self->log_->debug("coropool: wait for key '{}' timed out", w->key->name);
+          self->finish(*w, errc::spawn_timeout);
+        });
       });
-    });
+    }
     ensure_spawning(k);
   }
 
@@ -952,6 +965,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     w->ready = true;
     w->last_pong = w->reported_progress = clock::now();
     k.ready_workers.fetch_add(1, std::memory_order_release);
+    k.scale_up_failed = false;
     if (stopping_) return;  // it serves what its key still has queued, then leaves
     finish_all(k, {});      // wake first, then log
     log_->info("coropool: key '{}' worker {} ready", k.name, w->id);
@@ -1007,6 +1021,9 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       log_->warn("coropool: key '{}' worker {} failed to load: {}", k.name, w->id,
                  spawn_error::describe(k.last_failure));
       if (auto old = std::exchange(w->replaces, nullptr)) abort_restart(k);
+      // A key that still serves does not retry a failed scale-up on every
+      // submit (a load that fails at once would spin): the next maintenance tick does.
+      if (k.ready_workers.load(std::memory_order_relaxed) > 0) k.scale_up_failed = true;
     } else if (was_routable && e) {
       // A loaded worker whose coroutine ended by an exception: as if declared dead.
       log_->error("coropool: key '{}' worker {} died: {}", k.name, w->id, spawn_error::describe(e));
@@ -1040,7 +1057,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       if (w.current && w.current->state != request_base::phase::done) {
         lost = w.current;
         claim_locked(*w.key, *lost);
-        ++w.key->failed;
+        ++outcome_counter_locked(*w.key, ec);
       }
     }
     if (lost) lost->fail(ec, nullptr);
@@ -1092,11 +1109,13 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   void start_maintenance() {
     start_orchestrator();
     if (tick_armed_ || stopping_ || live_workers_ == 0) return;
-    tick_armed_ = true;
     const auto now = clock::now();
-    if (next_health_ == clock::time_point{}) next_health_ = now + config_.health_interval;
-    if (next_maintenance_ == clock::time_point{}) next_maintenance_ = now + config_.maintenance_interval;
-    tick_timer_.expires_at(std::min(next_health_, next_maintenance_));
+    if (next_health_ == unset) next_health_ = deadline_after(now, config_.health_interval);
+    if (next_maintenance_ == unset) next_maintenance_ = deadline_after(now, config_.maintenance_interval);
+    const auto next = std::min(next_health_, next_maintenance_);
+    if (is_never(next)) return;  // both intervals are max(): never
+    tick_armed_ = true;
+    tick_timer_.expires_at(next);
     tick_timer_.async_wait([self = shared_from_this()](error_code ec) {
       self->tick_armed_ = false;
       if (!ec) self->on_tick();
@@ -1107,18 +1126,19 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     if (stopping_) return;  // shutdown has its own deadline
     const auto now = clock::now();
     if (now >= next_health_) {
-      next_health_ = now + config_.health_interval;
+      next_health_ = deadline_after(now, config_.health_interval);
       health_sweep(now);
     }
     if (now >= next_maintenance_) {
-      next_maintenance_ = now + config_.maintenance_interval;
+      next_maintenance_ = deadline_after(now, config_.maintenance_interval);
       for (key_state* k : all_keys()) {
         evict_idle(*k, now);
         refill(*k);
+        if (std::exchange(k->scale_up_failed, false)) attend(*k);
       }
     }
     if (live_workers_ == 0) {
-      next_health_ = next_maintenance_ = clock::time_point{};  // idle: the next worker restarts the clock
+      next_health_ = next_maintenance_ = unset;  // idle: the next worker restarts the clock
       return;
     }
     start_maintenance();
@@ -1323,8 +1343,15 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     if (!spawning(k)) {
       std::erase_if(k.scale_ops, [&](const key_state::scale_op& op) {
         if (live > op.target) return false;
-        const errc short_of = k.memory_short ? errc::memory_exhausted : errc::spawn_failed;
-        op.done->complete(ready >= op.target ? error_code{} : make_error_code(short_of));
+        // Short of the target for a reason of its own, or not at all: workers
+        // that loaded and were then evicted as idle are no failure of the scale.
+        error_code ec;
+        if (ready < op.target && k.memory_short) {
+          ec = errc::memory_exhausted;
+        } else if (ready < op.target && k.last_failure) {
+          ec = errc::spawn_failed;
+        }
+        op.done->complete(ec);
         return true;
       });
     }
@@ -1393,17 +1420,26 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     for (auto& w : std::vector(retired_)) request_stop(w);
   }
 
+  /// Starts shutdown, or joins the one under way; of several calls, the
+  /// earliest deadline holds (a Pool destroyed during a long drain stops it now).
   void shutdown(clock::duration deadline, std::unique_ptr<completion<error_code>> op) {
     if (op) shutdown_ops_.push_back(std::move(op));
     if (!stopping_) {
       stopping_ = true;
-      stopping_flag_.store(true, std::memory_order_release);
+      {
+        std::lock_guard lock(keys_mutex_);  // see key_for
+        stopping_flag_.store(true, std::memory_order_release);
+      }
       log_->info("coropool: shutting down ({} worker(s) running)", live_workers_);
       close_keys();
+    }
+    const auto at = deadline_after(clock::now(), deadline);
+    if (at < shutdown_deadline_ && live_workers_ > 0) {
+      shutdown_deadline_ = at;
       if (deadline <= clock::duration::zero()) {
         abandon_work();
-      } else if (live_workers_ > 0) {
-        shutdown_timer_.expires_after(deadline);
+      } else if (!is_never(at)) {
+        shutdown_timer_.expires_at(at);  // cancels a later deadline's wait
         shutdown_timer_.async_wait([self = shared_from_this()](error_code ec) {
           if (ec) return;
           self->log_->info("coropool: shutdown deadline reached, stopping {} worker(s)", self->live_workers_);
@@ -1464,7 +1500,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   std::size_t live_workers_ = 0;  // worker coroutines running, retired ones included
   std::uint64_t next_worker_id_ = 0;
   timer_type shutdown_timer_;
-  bool stopped_ = false;  // shutdown has finished
+  clock::time_point shutdown_deadline_ = clock::time_point::max();  // the earliest asked for; max(): none
+  bool stopped_ = false;                                            // shutdown has finished
 
   // Workers out of routing whose coroutines still run (stopping, or declared dead).
   std::vector<std::shared_ptr<worker_record>> retired_;
@@ -1472,8 +1509,9 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   // Maintenance.
   timer_type tick_timer_;
   bool tick_armed_ = false;
-  clock::time_point next_health_;
-  clock::time_point next_maintenance_;
+  static constexpr clock::time_point unset = clock::time_point::min();
+  clock::time_point next_health_ = unset;
+  clock::time_point next_maintenance_ = unset;
   std::uint64_t ping_sequence_ = 0;
 
   // The orchestrator's inbox: pongs and users' commands.

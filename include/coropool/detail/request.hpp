@@ -44,9 +44,10 @@ class request_base {
 
   // Guarded by the key's mutex.
   phase state = phase::waiting_room;
-  clock::time_point deadline;
-  hook queue_hook;     // in the key's queue, or among the callers waiting for room
-  hook deadline_hook;  // among the key's outstanding requests, by deadline
+  clock::time_point accepted;  // when the key took it: its latency counts from here
+  clock::time_point deadline;  // time_point::max(): never
+  hook queue_hook;             // in the key's queue, or among the callers waiting for room
+  hook deadline_hook;          // among the key's outstanding requests, by deadline
 
   key_state* key = nullptr;  // set before the request is published
   std::uint64_t probe = 0;   // the half-open breaker epoch it probes; 0: not a probe
@@ -67,6 +68,17 @@ class request_base {
 };
 
 using request_ptr = boost::intrusive_ptr<request_base>;
+
+/// Whether `e` is a system_error of `operation_aborted`: a cancellation.
+inline bool is_operation_aborted(const std::exception_ptr& e) {
+  try {
+    if (e) std::rethrow_exception(e);
+  } catch (const boost::system::system_error& error) {
+    return error.code() == asio::error::operation_aborted;
+  } catch (...) {
+  }
+  return false;
+}
 
 using request_list =
     boost::intrusive::list<request_base,
