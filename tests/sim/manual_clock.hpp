@@ -78,7 +78,7 @@ struct spin_detected : std::runtime_error {
 /// `until` keeps a timer in Asio's queue, so the reactor always has one to
 /// jump to and the thread never blocks. Throws spin_detected when more than
 /// `per_instant` handlers run without the clock moving. Returns how many
-/// handlers ran.
+/// handlers ran, the sentinel's not counted.
 inline std::size_t run_until(boost::asio::io_context& ioc, manual_clock::time_point until,
                              std::size_t per_instant = 100'000) {
   std::size_t ran = 0;
@@ -103,7 +103,7 @@ inline std::size_t run_until(boost::asio::io_context& ioc, manual_clock::time_po
   }
   manual_clock::jump_to(until);
   while (ioc.poll_one()) count();
-  return ran;
+  return ran - 1;  // not the sentinel's own
 }
 
 /// Runs what is ready now, without moving the clock.
