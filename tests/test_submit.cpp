@@ -10,10 +10,13 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include <array>
 #include <future>
 #include <optional>
 #include <random>
 #include <set>
+
+#include <spdlog/sinks/null_sink.h>
 
 using namespace coropool;
 using namespace coropool::test;
@@ -561,49 +564,75 @@ constexpr int stress_requests = 1'000'000;
 #endif
 
 /// How each request of the stress test is meant to go, by its number.
-enum class plan { answer, throws, cancelled, slow };
+enum class plan { answer, throws, cancelled, slow, blocks };
 
-plan plan_of(int request) {
-  if (request % 20 == 0) return plan::throws;     // 5 %
-  if (request % 20 == 1) return plan::cancelled;  // 5 %
-  if (request % 4000 == 2) return plan::slow;     // outlives its request_timeout
+plan plan_of(int request, bool with_deaths) {
+  if (request % 20 == 0) return plan::throws;                   // 5 %
+  if (request % 20 == 1) return plan::cancelled;                // 5 %
+  if (request % 4000 == 2) return plan::slow;                   // outlives its request_timeout
+  if (with_deaths && request % 5000 == 3) return plan::blocks;  // holds its thread: the worker is declared dead
   return plan::answer;
 }
+
+constexpr int stress_keys = 4;
+
+/// How callers' requests ended, by key: each caller's outcome counted once.
+struct KeyOutcomes {
+  std::atomic<std::uint64_t> answered{0}, thrown{0}, cancelled{0}, timed_out{0}, lost{0}, refused{0}, shut_out{0};
+};
 
 struct Outcomes {
   explicit Outcomes(int n) : completions(static_cast<std::size_t>(n)) {}
   std::vector<std::atomic<std::uint8_t>> completions;
-  std::atomic<int> answered{0}, thrown{0}, cancelled{0}, timed_out{0}, lost{0}, refused{0}, wrong{0};
+  std::array<KeyOutcomes, stress_keys> by_key;
+  std::atomic<int> wrong{0};
   std::atomic<int> clients_done{0};
+
+  std::uint64_t total(std::atomic<std::uint64_t> KeyOutcomes::*field) const {
+    std::uint64_t sum = 0;
+    for (const auto& k : by_key) sum += (k.*field).load();
+    return sum;
+  }
+};
+
+struct StressOptions {
+  int requests = stress_requests;
+  int clients = 256;
+  std::size_t capacity = 100;
+  bool deaths = false;              // some handlers block their thread past health_timeout
+  bool shutdown_at_random = false;  // async_shutdown while the clients still submit
 };
 
 /// One client: submits its share in a closed loop. A request planned to be
 /// cancelled races a timer of random length in a parallel group, which,
 /// unlike `||`, reports the result of both operations: the pool's
 /// completion is counted whichever finished first.
-asio::awaitable<void> stress_client(IntPool& pool, Outcomes& out, int first, int stride, unsigned seed) {
+asio::awaitable<void> stress_client(IntPool& pool, Outcomes& out, const StressOptions& options, int first,
+                                    unsigned seed) {
   std::minstd_rand rng(seed);
-  const std::string keys[] = {"k0", "k1", "k2", "k3"};
+  const std::string keys[stress_keys] = {"k0", "k1", "k2", "k3"};
   asio::steady_timer timer(co_await asio::this_coro::executor);
-  for (int i = first; i < stress_requests; i += stride) {
-    const std::string& key = keys[rng() % 4];
+  for (int i = first; i < options.requests; i += options.clients) {
+    const std::size_t key = rng() % stress_keys;
+    const plan p = plan_of(i, options.deaths);
     std::exception_ptr error;
     int value = 0;
-    if (plan_of(i) == plan::cancelled) {
+    if (p == plan::cancelled) {
       timer.expires_after(std::chrono::microseconds(rng() % 200));
-      auto [order, e, v, timer_ec] = co_await asio::experimental::make_parallel_group(
-                                         pool.async_submit(key, i, asio::deferred), timer.async_wait(asio::deferred))
-                                         .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+      auto [order, e, v, timer_ec] =
+          co_await asio::experimental::make_parallel_group(pool.async_submit(keys[key], i, asio::deferred),
+                                                           timer.async_wait(asio::deferred))
+              .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
       error = e;
       value = v;
     } else {
-      std::tie(error, value) = co_await pool.async_submit(key, i, asio::as_tuple(asio::use_awaitable));
+      std::tie(error, value) = co_await pool.async_submit(keys[key], i, asio::as_tuple(asio::use_awaitable));
     }
     out.completions[static_cast<std::size_t>(i)].fetch_add(1);
-    const plan p = plan_of(i);
+    KeyOutcomes& k = out.by_key[key];
     if (!error) {
       if (value == i + 1 && p != plan::throws && p != plan::slow) {
-        out.answered.fetch_add(1);
+        k.answered.fetch_add(1);
       } else {
         out.wrong.fetch_add(1);
       }
@@ -611,18 +640,20 @@ asio::awaitable<void> stress_client(IntPool& pool, Outcomes& out, int first, int
     }
     const error_code ec = error_of(error);
     if (ec == errc::request_timeout) {
-      out.timed_out.fetch_add(1);
+      k.timed_out.fetch_add(1);
     } else if (ec == errc::worker_lost) {  // its worker was stopped by a restart's or the health sweep's hand
-      out.lost.fetch_add(1);
+      k.lost.fetch_add(1);
     } else if (ec == errc::circuit_open) {
-      out.refused.fetch_add(1);
+      k.refused.fetch_add(1);
+    } else if (ec == errc::shutting_down && options.shutdown_at_random) {
+      k.shut_out.fetch_add(1);
     } else if (ec == asio::error::operation_aborted && p == plan::cancelled) {
-      out.cancelled.fetch_add(1);
+      k.cancelled.fetch_add(1);
     } else if (p == plan::throws && ec == errc::invalid_argument) {  // error_of's mark for a non-pool exception
       try {
         std::rethrow_exception(error);
       } catch (const model_error&) {
-        out.thrown.fetch_add(1);
+        k.thrown.fetch_add(1);
       } catch (...) {
         out.wrong.fetch_add(1);
       }
@@ -633,15 +664,15 @@ asio::awaitable<void> stress_client(IntPool& pool, Outcomes& out, int first, int
   out.clients_done.fetch_add(1);
 }
 
-}  // namespace
-
-TEST_CASE("every request completes exactly once under throws, cancellation and timeouts", "[submit][stress]") {
-  asio::io_context ioc(2);
-  PoolConfig config = small_config(2, 4, 100);
+/// Runs the exactly-once stress on `ex` (whose context `run` runs to the
+/// end), then checks every caller's outcome and the counters, key by key.
+template <class Executor, class Run>
+void run_stress(const Executor& ex, Run run, const StressOptions& options) {
+  PoolConfig config = small_config(2, 4, options.capacity);
   config.request_timeout = 200ms;
   // Lifecycle running throughout: health pings, idle eviction, scale-down and restarts (below).
   config.health_interval = 10ms;
-  config.health_timeout = 2s;  // a busy sanitizer run must not pass for a hang
+  config.health_timeout = options.deaths ? 100ms : 2s;  // else a busy sanitizer run must not pass for a hang
   config.maintenance_interval = 10ms;
   config.idle_timeout = 20ms;
   config.breaker_counts = [](const std::exception_ptr& e) {  // the planned throws are the callers' business
@@ -656,9 +687,9 @@ TEST_CASE("every request completes exactly once under throws, cancellation and t
   auto script = std::make_shared<LoadScript>();
   script->delay = 1ms;
   std::atomic<int> handled{0};
-  IntPool pool(ioc, config, scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
+  IntPool pool(ex, config, scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
     handled.fetch_add(1, std::memory_order_relaxed);
-    switch (plan_of(request)) {
+    switch (plan_of(request, options.deaths)) {
       case plan::throws:
         throw model_error("request " + std::to_string(request));
       case plan::slow: {
@@ -666,39 +697,49 @@ TEST_CASE("every request completes exactly once under throws, cancellation and t
         co_await t.async_wait(asio::use_awaitable);
         break;
       }
+      case plan::blocks:
+        std::this_thread::sleep_for(300ms);  // a handler that blocks its thread: no pong can be sent meanwhile
+        break;
       default:
         break;
     }
     co_return request + 1;
   });
 
-  constexpr int clients = 256;
-  Outcomes out(stress_requests);
+  Outcomes out(options.requests);
   std::atomic<int> commands{0};
-  for (int c = 0; c < clients; ++c) {
-    asio::co_spawn(asio::make_strand(ioc), stress_client(pool, out, c, clients, static_cast<unsigned>(c + 1)),
+  for (int c = 0; c < options.clients; ++c) {
+    asio::co_spawn(asio::make_strand(ex), stress_client(pool, out, options, c, static_cast<unsigned>(c + 1)),
                    asio::detached);
   }
+  std::minstd_rand chaos_rng(7);
+  const auto shutdown_after = std::chrono::milliseconds(50 + chaos_rng() % 400);
   asio::co_spawn(
-      ioc,
+      asio::make_strand(ex),
       [&]() -> asio::awaitable<void> {
         asio::steady_timer t(co_await asio::this_coro::executor);
-        std::minstd_rand rng(7);
-        const std::string keys[] = {"k0", "k1", "k2", "k3"};
-        while (out.clients_done < clients) {  // the test's observer, and the lifecycle's chaos
+        const std::string keys[stress_keys] = {"k0", "k1", "k2", "k3"};
+        const auto started = std::chrono::steady_clock::now();
+        bool shut = false;
+        while (out.clients_done < options.clients) {  // the test's observer, and the lifecycle's chaos
           t.expires_after(5ms);
           co_await t.async_wait(asio::use_awaitable);
-          const std::string& key = keys[rng() % 4];
-          if (rng() % 8 == 0) {
+          if (options.shutdown_at_random && !shut && std::chrono::steady_clock::now() - started >= shutdown_after) {
+            shut = true;  // the clients go on submitting: shutting_down from here on
+            pool.async_shutdown(std::chrono::milliseconds(chaos_rng() % 50),
+                                [&](error_code) { commands.fetch_add(1); });
+          }
+          const std::string& key = keys[chaos_rng() % stress_keys];
+          if (chaos_rng() % 8 == 0) {
             pool.async_restart(key, [&](error_code) { commands.fetch_add(1); });
           } else {
-            pool.async_scale(key, 1 + rng() % 4, [&](error_code) { commands.fetch_add(1); });
+            pool.async_scale(key, 1 + chaos_rng() % 4, [&](error_code) { commands.fetch_add(1); });
           }
         }
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
       asio::detached);
-  REQUIRE(run_until_idle(ioc, 2, 300s));
+  run();
 
   int missing = 0, duplicated = 0;
   for (auto& c : out.completions) {
@@ -708,18 +749,133 @@ TEST_CASE("every request completes exactly once under throws, cancellation and t
   CHECK(missing == 0);
   CHECK(duplicated == 0);
   CHECK(out.wrong == 0);
-  CHECK(out.answered + out.thrown + out.cancelled + out.timed_out + out.lost + out.refused == stress_requests);
+  const auto answered = out.total(&KeyOutcomes::answered), thrown = out.total(&KeyOutcomes::thrown),
+             cancelled = out.total(&KeyOutcomes::cancelled), timed_out = out.total(&KeyOutcomes::timed_out),
+             lost = out.total(&KeyOutcomes::lost), refused = out.total(&KeyOutcomes::refused),
+             shut_out = out.total(&KeyOutcomes::shut_out);
+  INFO("answered " << answered << ", thrown " << thrown << ", cancelled " << cancelled << ", timed out " << timed_out
+                   << ", lost " << lost << ", refused " << refused << ", shut out " << shut_out << ", handled "
+                   << handled << ", loads " << script->started << ", commands " << commands);
+  CHECK(answered + thrown + cancelled + timed_out + lost + refused + shut_out ==
+        static_cast<std::uint64_t>(options.requests));
   CHECK(commands > 0);
-  CHECK(out.thrown > 0);
-  CHECK(out.cancelled > 0);
-  CHECK(out.timed_out >= stress_requests / 4000);  // every slow one at least
-  CHECK(handled <= stress_requests);               // a cancelled queued request never reaches handle
-  const auto stats = pool.stats().total();
-  CHECK(stats.loads == static_cast<std::uint64_t>(script->started.load()));
-  CHECK(stats.submitted + stats.rejected == static_cast<std::uint64_t>(stress_requests));
-  CHECK(stats.completed + stats.failed + stats.timed_out + stats.cancelled == stats.submitted);
-  INFO("answered " << out.answered << ", thrown " << out.thrown << ", cancelled " << out.cancelled << ", timed out "
-                   << out.timed_out << ", lost " << out.lost << ", refused " << out.refused << ", handled " << handled
-                   << ", loads " << script->started << ", commands " << commands);
-  CHECK(out.answered > stress_requests / 2);
+  CHECK(handled <= options.requests);  // a cancelled queued request never reaches handle
+  if (options.deaths) CHECK(lost > 0);
+
+  // The counters, key by key and bucket by bucket: each caller's outcome counted once, where it is named.
+  const auto stats = pool.stats();
+  std::uint64_t failed_or_rejected = stats.rejected;
+  for (int i = 0; i < stress_keys; ++i) {
+    const KeyOutcomes& k = out.by_key[static_cast<std::size_t>(i)];
+    const std::string name = "k" + std::to_string(i);
+    INFO("key " << name);
+    const auto it = stats.keys.find(name);
+    if (it == stats.keys.end()) {
+      CHECK(k.answered + k.timed_out + k.cancelled == 0);
+      continue;
+    }
+    const KeyStats& ks = it->second;
+    CHECK(ks.completed == k.answered);
+    CHECK(ks.timed_out == k.timed_out);
+    CHECK(ks.cancelled == k.cancelled);
+    CHECK(ks.completed + ks.failed + ks.timed_out + ks.cancelled == ks.submitted);
+    // shutting_down may come before a key is reached: only the sum over keys is exact then.
+    if (!options.shutdown_at_random) CHECK(ks.failed + ks.rejected == k.thrown + k.lost + k.refused);
+    failed_or_rejected += ks.failed + ks.rejected;
+  }
+  CHECK(failed_or_rejected == thrown + lost + refused + shut_out);
+  CHECK(stats.total().loads == static_cast<std::uint64_t>(script->started.load()));
+  CHECK(stats.total().submitted + stats.total().rejected == static_cast<std::uint64_t>(options.requests));
+  if (!options.shutdown_at_random) {
+    CHECK(thrown > 0);
+    CHECK(cancelled > 0);
+    CHECK(timed_out >= static_cast<std::uint64_t>(options.requests / 4000));  // every slow one at least
+    CHECK(answered > static_cast<std::uint64_t>(options.requests / 2));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("every request completes exactly once under throws, cancellation and timeouts", "[submit][stress]") {
+  asio::io_context ioc(2);
+  run_stress(
+      ioc.get_executor(), [&] { REQUIRE(run_until_idle(ioc, 2, 300s)); }, StressOptions{});
+}
+
+TEST_CASE("chaos: exactly once on more threads, with a small queue, dying workers and a shutdown at any moment",
+          "[submit][stress][concurrency]") {
+  StressOptions options;
+  options.requests = stress_requests / 10;
+  options.capacity = 4;
+  options.deaths = true;
+  SECTION("four io_context threads") {
+    asio::io_context ioc(4);
+    run_stress(
+        ioc.get_executor(), [&] { REQUIRE(run_until_idle(ioc, 4, 300s)); }, options);
+  }
+  SECTION("four io_context threads, shut down at a random moment") {
+    options.shutdown_at_random = true;
+    asio::io_context ioc(4);
+    run_stress(
+        ioc.get_executor(), [&] { REQUIRE(run_until_idle(ioc, 4, 300s)); }, options);
+  }
+  SECTION("an asio::thread_pool of four, shut down at a random moment") {
+    options.shutdown_at_random = true;
+    asio::thread_pool threads(4);
+    run_stress(
+        threads.get_executor(), [&] { threads.join(); }, options);
+  }
+}
+
+TEST_CASE("a submit to a key never seen before, racing shutdown, gets shutting_down and never times out",
+          "[submit][concurrency]") {
+  // The race is a few instructions wide: many rounds, each with a submitter
+  // in a tight loop over new keys while the io thread runs the shutdown.
+  constexpr int rounds = 150;
+  static const auto silent = [] {
+    auto logger = std::make_shared<spdlog::logger>("race", std::make_shared<spdlog::sinks::null_sink_mt>());
+    logger->set_level(spdlog::level::off);
+    return logger;
+  }();
+  int accepted = 0, refused = 0, other = 0;
+  for (int round = 0; round < rounds; ++round) {
+    asio::io_context ioc(2);
+    auto guard = asio::make_work_guard(ioc);
+    std::thread io([&] { ioc.run(); });
+    PoolConfig config = small_config();
+    config.request_timeout = 2s;  // a request the shutdown missed would end this way
+    config.logger = silent;       // a log line between the flag and the keys would narrow the race
+    auto script = std::make_shared<LoadScript>();
+    script->delay = 0ms;
+    std::optional<IntPool> pool(std::in_place, ioc, config, scripted_loader(script), echo_handler());
+    std::atomic<int> r_accepted{0}, r_refused{0}, r_other{0};
+    auto count = [&](std::exception_ptr e, int) {
+      const error_code ec = error_of(e);
+      ++(!ec ? r_accepted : ec == errc::shutting_down ? r_refused : r_other);
+    };
+    std::atomic<int> submitted{0};
+    constexpr int per_round = 200;
+    std::thread submitter([&] {
+      for (int k = 0; k < per_round; ++k) {
+        pool->async_submit("new-" + std::to_string(k), k, count);
+        submitted.fetch_add(1, std::memory_order_release);
+      }
+    });
+    while (submitted.load(std::memory_order_acquire) < (round % 8) * per_round / 8) {
+    }
+    asio::post(ioc, [&] { pool->async_shutdown(0ms, [](error_code) {}); });  // from the io thread, mid-loop
+    submitter.join();
+    guard.reset();
+    io.join();
+    pool.reset();
+    ioc.restart();
+    ioc.run();
+    accepted += r_accepted;
+    refused += r_refused;
+    other += r_other;
+  }
+  INFO("answered before the shutdown " << accepted << ", refused " << refused);
+  CHECK(other == 0);
+  CHECK(accepted + refused + other == rounds * 200);
+  CHECK(refused > 0);
 }
