@@ -517,11 +517,12 @@ class Pool {
     } catch (...) {
       error = std::current_exception();
     }
-    // Cancelled because the pool stopped the worker (shutdown's deadline), not
-    // because its reader left: the reader is told why. Any other error is the handler's own.
-    if (error && w.stop_requested.load(std::memory_order_acquire) && !stream.reader_gone() &&
-        detail::is_operation_aborted(error)) {
-      error = std::make_exception_ptr(boost::system::system_error(make_error_code(errc::shutting_down)));
+    // Cancelled because the pool cancelled the worker (shutdown's deadline, or
+    // declared dead), not because its reader left: the reader is told why.
+    // Any other error is the handler's own.
+    const errc cancelled = w.cancelled_because.load(std::memory_order_acquire);
+    if (error && cancelled != errc{} && !stream.reader_gone() && detail::is_operation_aborted(error)) {
+      error = std::make_exception_ptr(boost::system::system_error(make_error_code(cancelled)));
     }
     stream.end(std::move(error));
   }

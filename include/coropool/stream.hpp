@@ -100,10 +100,10 @@ class stream_state final : public abandonable, public std::enable_shared_from_th
           pending_.reset();
           writer = std::move(writer_);
         }
+      } else if (reader_gone_ || reader_) {  // after close(): aborted, even once the writer has ended
+        error = std::make_exception_ptr(boost::system::system_error(asio::error::operation_aborted));
       } else if (ended_) {
         error = error_;
-      } else if (reader_gone_ || reader_) {
-        error = std::make_exception_ptr(boost::system::system_error(asio::error::operation_aborted));
       } else {
         reader_ = std::move(op);
         return;

@@ -82,6 +82,9 @@ struct worker_record {
   // Set on the pool strand, read by the worker: a stop that arrives before the
   // coroutine has an operation to cancel is still seen.
   std::atomic<bool> stop_requested{false};
+  // Set on the pool strand before the coroutine is cancelled (request_stop):
+  // what a stream cut short by that cancellation tells its reader. errc{}: not cancelled.
+  std::atomic<errc> cancelled_because{errc{}};
 
   worker_state_cell state;
   std::atomic<std::uint64_t> served{0};
@@ -144,7 +147,7 @@ struct key_state {
   bool warm = false;                                    // spawned and not evicted since: kept at min_workers_per_key
   std::size_t memory_pending = 0;                       // spawns waiting for evicted workers to free memory
   bool memory_short = false;                            // the last spawn found no room in the budget
-  bool scale_up_failed = false;  // a load failed while the key served: scale-up waits for the next maintenance tick
+  bool scale_up_failed = false;            // a load failed while the key served: scale-up waits for the next tick
   std::optional<std::uint64_t> footprint;  // PoolConfig::worker_footprint, asked once
   std::atomic<std::uint64_t> memory_reserved{0};
   struct scale_op {
@@ -599,7 +602,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// order of submission: one timer per key, at the oldest, covers them all.
   /// It is left armed when the requests finish early: it then fires once,
   /// finds nothing due, and is not re-armed (or the key's last worker ends
-  /// first and disarms it). Armed whenever a request of the
+  /// first and disarms it). Requests that never time out (request_timeout =
+  /// max()) arm it at max(): it never fires, and still keeps the context running. Armed whenever a request of the
   /// key is outstanding, it also keeps the pool's execution context running
   /// for the callers that run there (see request_work).
   void arm_request_timer_locked(key_state& k, clock::time_point at) {
@@ -1022,7 +1026,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
                  spawn_error::describe(k.last_failure));
       if (auto old = std::exchange(w->replaces, nullptr)) abort_restart(k);
       // A key that still serves does not retry a failed scale-up on every
-      // submit (a load that fails at once would spin): the next maintenance tick does.
+      // submit (a load that fails at once would spin): the next tick does.
       if (k.ready_workers.load(std::memory_order_relaxed) > 0) k.scale_up_failed = true;
     } else if (was_routable && e) {
       // A loaded worker whose coroutine ended by an exception: as if declared dead.
@@ -1066,7 +1070,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// Stops a worker now: a parked one is handed null, and whatever it awaits
   /// (its load, its handler's operation) is cancelled. The signal is emitted
   /// on the worker's own strand, where its coroutine runs.
-  void request_stop(const std::shared_ptr<worker_record>& w) {
+  void request_stop(const std::shared_ptr<worker_record>& w, errc because) {
+    w->cancelled_because.store(because, std::memory_order_release);
     stop_gracefully(w);
     asio::post(w->strand, [w] {
       if (!w->finished) w->stop_signal.emit(asio::cancellation_type::terminal);
@@ -1099,7 +1104,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     k.deaths.fetch_add(1, std::memory_order_relaxed);
     fail_current(*w, ec);
     w->ping.close();
-    request_stop(w);
+    request_stop(w, errc::worker_lost);
     attend(k);
     refill(k);
   }
@@ -1134,8 +1139,10 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
       for (key_state* k : all_keys()) {
         evict_idle(*k, now);
         refill(*k);
-        if (std::exchange(k->scale_up_failed, false)) attend(*k);
       }
+    }
+    for (key_state* k : all_keys()) {
+      if (std::exchange(k->scale_up_failed, false)) attend(*k);  // a failed scale-up's next try
     }
     if (live_workers_ == 0) {
       next_health_ = next_maintenance_ = unset;  // idle: the next worker restarts the clock
@@ -1338,6 +1345,13 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
 
   /// Completes the commands whose work is done and moves restarts on.
   void advance_commands(key_state& k) {
+    if (stopping_) {  // what commands were waiting for will not come: no load, no restart after shutdown began
+      for (auto& op : std::exchange(k.scale_ops, {})) op.done->complete(errc::shutting_down);
+      for (auto& done : std::exchange(k.evict_ops, {})) done->complete(errc::shutting_down);
+      for (auto& done : std::exchange(k.restart_ops, {})) done->complete(errc::shutting_down);
+      k.restart_left.clear();
+      return;
+    }
     const std::size_t live = k.live_workers.load(std::memory_order_relaxed);
     const std::size_t ready = k.ready_workers.load(std::memory_order_relaxed);
     if (!spawning(k)) {
@@ -1415,9 +1429,9 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   void abandon_work() {
     for (key_state* k : all_keys()) {
       fail_requests(*k, errc::shutting_down);
-      for (auto& w : std::vector(k->workers)) request_stop(w);  // request_stop retires: copy the list
+      for (auto& w : std::vector(k->workers)) request_stop(w, errc::shutting_down);  // it retires: copy the list
     }
-    for (auto& w : std::vector(retired_)) request_stop(w);
+    for (auto& w : std::vector(retired_)) request_stop(w, errc::shutting_down);
   }
 
   /// Starts shutdown, or joins the one under way; of several calls, the
@@ -1437,8 +1451,9 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
     if (at < shutdown_deadline_ && live_workers_ > 0) {
       shutdown_deadline_ = at;
       if (deadline <= clock::duration::zero()) {
+        shutdown_timer_.cancel();  // a later deadline's wait
         abandon_work();
-      } else if (!is_never(at)) {
+      } else {                           // at < shutdown_deadline_ <= max(): a deadline that comes
         shutdown_timer_.expires_at(at);  // cancels a later deadline's wait
         shutdown_timer_.async_wait([self = shared_from_this()](error_code ec) {
           if (ec) return;

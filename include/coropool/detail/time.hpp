@@ -35,7 +35,9 @@ constexpr clock::time_point deadline_after(clock::time_point from, clock::durati
   return from + d;
 }
 
-/// Whether a deadline is never reached (see deadline_after): no timer is armed for it.
+/// Whether a deadline is never reached (see deadline_after). The pool arms no
+/// timer that would only wait for it, except a key's request timer, which
+/// also stands for its callers' work (see request_work).
 constexpr bool is_never(clock::time_point deadline) noexcept { return deadline == clock::time_point::max(); }
 
 }  // namespace coropool::detail
