@@ -602,10 +602,10 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// order of submission: one timer per key, at the oldest, covers them all.
   /// It is left armed when the requests finish early: it then fires once,
   /// finds nothing due, and is not re-armed (or the key's last worker ends
-  /// first and disarms it). Requests that never time out (request_timeout =
-  /// max()) arm it at max(): it never fires, and still keeps the context running. Armed whenever a request of the
-  /// key is outstanding, it also keeps the pool's execution context running
-  /// for the callers that run there (see request_work).
+  /// first and disarms it). Armed whenever a request of the key is
+  /// outstanding, it also keeps the pool's execution context running for the
+  /// callers that run there (see request_work); that is why requests that
+  /// never time out (request_timeout = max()) arm it at max(), where it never fires.
   void arm_request_timer_locked(key_state& k, clock::time_point at) {
     k.timer_armed = true;
     k.timeout_timer.expires_at(at);
