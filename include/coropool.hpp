@@ -7,6 +7,7 @@
 #include "coropool/error.hpp"
 #include "coropool/offload.hpp"
 #include "coropool/pool.hpp"
+#include "coropool/prometheus.hpp"
 #include "coropool/stats.hpp"
 #include "coropool/stream.hpp"
 #include "coropool/version.hpp"

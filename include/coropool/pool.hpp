@@ -6,6 +6,7 @@
 #include "coropool/config.hpp"
 #include "coropool/detail/asio.hpp"
 #include "coropool/detail/pool_core.hpp"
+#include "coropool/detail/worker_loop.hpp"
 #include "coropool/error.hpp"
 #include "coropool/stream.hpp"
 
@@ -21,27 +22,6 @@
 #include <utility>
 
 namespace coropool {
-
-namespace detail {
-
-template <class T>
-struct awaitable_value {};
-
-template <class T, class Executor>
-struct awaitable_value<asio::awaitable<T, Executor>> {
-  using type = T;
-};
-
-/// The stream handler of a pool constructed without one: submit_stream()'s
-/// streams end with `errc::invalid_argument`.
-struct no_stream_handler {
-  template <class Model, class Request, class Writer>
-  asio::awaitable<void> operator()(Model&, Request&&, Writer&) const {
-    throw boost::system::system_error(make_error_code(errc::invalid_argument), "coropool: pool has no stream handler");
-  }
-};
-
-}  // namespace detail
 
 /// Keyed pools of coroutine workers.
 ///
@@ -99,9 +79,9 @@ class Pool {
   template <class Executor, class Load, class Handle, class StreamHandle = detail::no_stream_handler>
   requires asio::execution::executor<Executor> || asio::is_executor<Executor>::value Pool(
       const Executor& ex, PoolConfig config, Load load, Handle handle, StreamHandle stream_handle = {})
-      : core_(detail::pool_core::create(
-            executor_type(ex), std::move(config),
-            make_worker_body(std::move(load), std::move(handle), std::move(stream_handle)))) {}
+      : core_(detail::pool_core::create(executor_type(ex), std::move(config),
+                                        detail::worker_loop<Request, Response>::make_body(
+                                            std::move(load), std::move(handle), std::move(stream_handle)))) {}
 
   /// Constructs a pool on an execution context's executor (an `io_context`, a `thread_pool`).
   template <class ExecutionContext, class Load, class Handle, class StreamHandle = detail::no_stream_handler>
@@ -405,8 +385,6 @@ class Pool {
   // I/O object: GCC 12 can destroy a temporary of a co_await expression twice,
   // which is harmless only for trivially destructible initiations.
 
-  using entry_type = detail::request_entry<Request, Response>;
-
   template <class CompletionToken>
   auto async_command(detail::command::kind what, std::string key, std::size_t workers, CompletionToken&& token) {
     return asio::async_initiate<CompletionToken, void(error_code)>(command_initiation{core_.get(), what}, token,
@@ -435,105 +413,6 @@ class Pool {
       std::decay_t<Handler> h(std::forward<Handler>(handler));
       core->start_submit(op_type::create(std::move(request), std::move(h), core->get_executor(), &core->context()), key,
                          wait_for_room);
-    }
-  };
-
-  template <class Load, class Handle, class StreamHandle>
-  static detail::pool_core::worker_body make_worker_body(Load load, Handle handle, StreamHandle stream_handle) {
-    static_assert(std::is_invocable_v<Load&, const std::string&>,
-                  "load must be callable as load(const std::string& key)");
-    using Model = typename detail::awaitable_value<std::invoke_result_t<Load&, const std::string&>>::type;
-    static_assert(std::is_invocable_r_v<asio::awaitable<Response>, Handle&, Model&, Request>,
-                  "handle must be callable as handle(Model&, Request) -> asio::awaitable<Response>");
-    static_assert(std::is_default_constructible_v<Response> && std::is_move_constructible_v<Response>,
-                  "Response must be default and move constructible (it completes as co_spawn's result does)");
-    static_assert(std::is_invocable_r_v<asio::awaitable<void>, StreamHandle&, Model&, Request, StreamWriter<Response>&>,
-                  "stream_handle must be callable as stream_handle(Model&, Request, StreamWriter<Response>&) -> "
-                  "asio::awaitable<void>");
-    return [load = std::move(load), handle = std::move(handle), stream_handle = std::move(stream_handle)](
-               std::shared_ptr<detail::pool_core> core, std::shared_ptr<detail::worker_record> w) {
-      return run_worker<Model>(load, handle, stream_handle, std::move(core), std::move(w));
-    };
-  }
-
-  /// Requests a worker serves one after another without a suspension of its
-  /// own before it yields its thread: a busy key must not starve the rest.
-  static constexpr int serve_burst = 64;
-
-  // `load` and `handle` live in the core's worker_body, which this coroutine keeps alive.
-  template <class Model, class Load, class Handle, class StreamHandle>
-  static asio::awaitable<void> run_worker(Load& load, Handle& handle, StreamHandle& stream_handle,
-                                          std::shared_ptr<detail::pool_core> core,
-                                          std::shared_ptr<detail::worker_record> w) {
-    if (!core->worker_starts(*w)) co_return;
-    Model model = co_await load(w->key->name);  // owned until the worker ends
-    core->worker_loaded(w);
-    int burst = 0;
-    detail::answer_sender<entry_type, Response> answers;
-    detail::request_ptr r = core->take_request(*w);
-    for (;;) {
-      if (r && ++burst == serve_burst) {
-        burst = 0;
-        co_await asio::post(w->strand, asio::use_awaitable);
-      } else if (!r) {
-        burst = 0;
-        r = co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(detail::request_ptr)>(
-            park_initiation{core.get(), w.get()}, asio::use_awaitable);
-        if (!r) co_return;  // stopped, or the key closed and drained
-      }
-      auto& entry = static_cast<entry_type&>(*r);
-      if (auto* stream = entry.stream()) {
-        // Once started a stream is its reader's: timeouts and cancellation no longer apply.
-        if (core->claim_answer(entry, *w)) {
-          w->state.transition(worker_state::processing);  // refused once the worker is told to stop
-          co_await serve_stream(model, stream_handle, entry.request, *stream, *w);
-          w->state.transition(worker_state::ready);
-        }
-        r = core->take_request(*w);
-        continue;
-      }
-      std::exception_ptr error;
-      Response response{};
-      try {
-        response = co_await handle(model, std::move(entry.request));
-      } catch (...) {
-        error = std::current_exception();
-      }
-      const bool failure = error && core->counts_as_failure(error);  // user code: before the lock
-      bool answer = false;
-      detail::request_ptr next = core->claim_answer_and_take(entry, *w, answer, error != nullptr, failure);
-      if (answer) answers.send(entry, std::move(error), std::move(response));
-      r = std::move(next);
-    }
-  }
-
-  template <class Model, class StreamHandle>
-  static asio::awaitable<void> serve_stream(Model& model, StreamHandle& stream_handle, Request& request,
-                                            detail::stream_state<Response>& stream, detail::worker_record& w) {
-    std::exception_ptr error;
-    try {
-      StreamWriter<Response> writer(stream.shared_from_this());
-      co_await stream_handle(model, std::move(request), writer);
-    } catch (...) {
-      error = std::current_exception();
-    }
-    // Cancelled because the pool cancelled the worker (shutdown's deadline, or
-    // declared dead), not because its reader left: the reader is told why.
-    // Any other error is the handler's own.
-    const errc cancelled = w.cancelled_because.load(std::memory_order_acquire);
-    if (error && cancelled != errc{} && !stream.reader_gone() && detail::is_operation_aborted(error)) {
-      error = std::make_exception_ptr(boost::system::system_error(make_error_code(cancelled)));
-    }
-    stream.end(std::move(error));
-  }
-
-  struct park_initiation {
-    detail::pool_core* core;
-    detail::worker_record* worker;
-
-    template <class Handler>
-    void operator()(Handler&& handler) const {
-      core->park(*worker, std::forward<Handler>(handler));
     }
   };
 

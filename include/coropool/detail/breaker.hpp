@@ -8,7 +8,7 @@
 
 namespace coropool::detail {
 
-/// A key's circuit breaker. Guarded by the key's mutex; it never runs user
+/// A key's circuit breaker. Guarded by its key queue's lock; it never runs user
 /// code (the pool asks the user's predicate before it takes the lock).
 ///
 /// closed --failure_threshold consecutive failures--> open --open_duration-->
@@ -21,6 +21,12 @@ class circuit_breaker {
       : threshold_(failure_threshold), open_duration_(open_duration), probes_(probes) {}
 
   breaker_state state() const noexcept { return state_; }
+
+  /// The state at `now`, without changing it: an open breaker whose time is
+  /// up reads as half-open, as the next request will find it.
+  breaker_state state_at(clock::time_point now) const noexcept {
+    return state_ == breaker_state::open && now >= open_until_ ? breaker_state::half_open : state_;
+  }
 
   /// Whether the breaker refuses everything at `now` (waiters are refused then).
   bool refuses(clock::time_point now) {

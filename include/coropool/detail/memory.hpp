@@ -1,12 +1,18 @@
 #pragma once
 
+#include "coropool/detail/time.hpp"
+
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <utility>
+#include <vector>
 
 namespace coropool::detail {
 
@@ -90,6 +96,90 @@ class memory_reservation {
  private:
   std::shared_ptr<memory_governor> governor_;
   std::uint64_t bytes_ = 0;
+};
+
+/// The memory budget as the pool's strand plans it: what is reserved (the
+/// governor), what is promised to spawns waiting for room, and what workers
+/// evicted for them will free when they end. Pool strand only.
+///
+/// A spawn that does not fit may evict idle workers of other keys, least
+/// recently used first, and then waits, in order, until they have ended. A
+/// spawn is never promised room that the budget cannot give once the workers
+/// already leaving are gone, so waiting spawns always start eventually.
+template <class Key, class Worker>
+class memory_planner {
+ public:
+  memory_planner(std::uint64_t budget, memory_governor::observer watch)
+      : governor_(std::make_shared<memory_governor>(budget, std::move(watch))) {}
+
+  const memory_governor& governor() const noexcept { return *governor_; }
+
+  /// Reserves `bytes` now, if they fit.
+  bool try_reserve(std::uint64_t bytes, memory_reservation& reservation) {
+    if (!governor_->try_reserve(bytes)) return false;
+    reservation = memory_reservation(governor_, bytes);
+    return true;
+  }
+
+  /// How many bytes idle workers must free, beyond what is being freed, for
+  /// `bytes` more to fit once every waiting spawn has started; 0: they fit.
+  std::uint64_t shortfall(std::uint64_t bytes) const {
+    const std::uint64_t committed = governor_->reserved() + promised_ + bytes;
+    const std::uint64_t available = governor_->budget() + freeing_;
+    return committed <= available ? 0 : committed - available;
+  }
+
+  /// An idle worker that could be evicted: its bytes, and since when it is idle.
+  struct candidate {
+    std::shared_ptr<Worker> worker;
+    clock::time_point idle_since;
+    std::uint64_t bytes;
+  };
+
+  /// The least recently used candidates that free `need` bytes together;
+  /// none when all of them would not. They are counted as being freed.
+  std::vector<std::shared_ptr<Worker>> choose_victims(std::vector<candidate> candidates, std::uint64_t need) {
+    std::sort(candidates.begin(), candidates.end(),
+              [](const candidate& a, const candidate& b) { return a.idle_since < b.idle_since; });
+    std::uint64_t found = 0;
+    std::size_t chosen = 0;
+    while (chosen < candidates.size() && found < need) found += candidates[chosen++].bytes;
+    std::vector<std::shared_ptr<Worker>> victims;
+    if (found < need) return victims;
+    for (std::size_t i = 0; i < chosen; ++i) victims.push_back(std::move(candidates[i].worker));
+    freeing_ += found;
+    return victims;
+  }
+
+  /// A victim ended and released `bytes`.
+  void victim_freed(std::uint64_t bytes) { freeing_ -= bytes; }
+
+  /// A spawn of `key` waits for `bytes` to be freed.
+  void promise(Key& key, std::uint64_t bytes) {
+    promised_ += bytes;
+    waiting_.push_back({&key, bytes});
+  }
+
+  /// Hands the waiting spawns, in order, to `start(key)`, which returns
+  /// whether it started (or dropped) that spawn; stops at the first that waits on.
+  template <class Start>
+  void start_waiting(Start&& start) {
+    while (!waiting_.empty() && start(*waiting_.front().key)) {
+      promised_ -= waiting_.front().bytes;
+      waiting_.pop_front();
+    }
+  }
+
+ private:
+  struct waiting_spawn {
+    Key* key;
+    std::uint64_t bytes;
+  };
+
+  std::shared_ptr<memory_governor> governor_;
+  std::deque<waiting_spawn> waiting_;
+  std::uint64_t promised_ = 0;  // bytes of the waiting spawns
+  std::uint64_t freeing_ = 0;   // bytes the chosen victims hold until they end
 };
 
 }  // namespace coropool::detail

@@ -1,6 +1,7 @@
 #pragma once
 
 #include "coropool/detail/asio.hpp"
+#include "coropool/detail/completion.hpp"
 #include "coropool/error.hpp"
 
 #include <exception>
@@ -13,59 +14,8 @@
 
 namespace coropool::detail {
 
-struct key_state;
-
-template <class Handler>
-using handler_work = asio::executor_work_guard<asio::associated_executor_t<Handler, executor>>;
-
-template <class Handler>
-handler_work<Handler> make_handler_work(const Handler& handler, const executor& fallback) {
-  return asio::make_work_guard(asio::get_associated_executor(handler, fallback));
-}
-
-/// Hands `handler(args...)` to the handler's associated executor. Never runs
-/// the handler inline: it is deferred, so the pool's strand finishes its own
-/// work first and, on an io_context thread, no other thread is woken for it.
-template <class Handler, class... Args>
-void defer_completion(handler_work<Handler> work, Handler&& handler, Args&&... args) {
-  asio::defer(work.get_executor(), asio::append(std::move(handler), std::forward<Args>(args)...));
-}
-
-/// A parked completion handler of signature `void(Args...)`, type-erased.
-template <class... Args>
-class completion {
- public:
-  completion() = default;
-  completion(const completion&) = delete;
-  completion& operator=(const completion&) = delete;
-  virtual ~completion() = default;
-  virtual void complete(Args... args) = 0;
-};
-
-template <class Handler, class... Args>
-class completion_op final : public completion<Args...> {
- public:
-  template <class H>
-  completion_op(H&& handler, const executor& fallback)
-      : work_(make_handler_work(handler, fallback)), handler_(std::forward<H>(handler)) {}
-
-  Handler& handler() noexcept { return handler_; }
-
-  void complete(Args... args) override { defer_completion(std::move(work_), std::move(handler_), std::move(args)...); }
-
- private:
-  handler_work<Handler> work_;
-  Handler handler_;
-};
-
-class waiter;
-
-/// The waiters of one key whose handlers share an executor, in arrival order.
-/// Grouping happens when a caller arrives, so that a wave's end does no search.
-struct waiter_group {
-  std::optional<executor> target;  // empty: handlers whose executor cannot be batched
-  std::list<std::shared_ptr<waiter>> members;
-};
+class waiter_list;
+struct waiter_group;
 
 /// A caller parked in wait_for_workers: its deadline timer and, in the
 /// derived waiter_op, its completion handler. Touched only on the pool's
@@ -93,8 +43,8 @@ class waiter {
 
   timer_type timer;
   bool done = false;
-  // While on a key's list: the key, its group of waiters, the place in it.
-  key_state* key = nullptr;
+  // While on a key's waiter_list: the list, its group of waiters, the place in it.
+  waiter_list* list = nullptr;
   std::list<waiter_group>::iterator group;
   std::list<std::shared_ptr<waiter>>::iterator position;
 };

@@ -1,0 +1,84 @@
+#pragma once
+
+// One worker coroutine's bookkeeping, its fields grouped by who may touch them.
+
+#include "coropool/detail/asio.hpp"
+#include "coropool/detail/completion.hpp"
+#include "coropool/detail/memory.hpp"
+#include "coropool/detail/request.hpp"
+#include "coropool/error.hpp"
+#include "coropool/worker_state.hpp"
+
+#include <boost/asio/experimental/concurrent_channel.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+namespace coropool::detail {
+
+struct key_state;
+
+/// The pool's ping to one worker: a sequence number.
+using ping_channel = asio::experimental::concurrent_channel<void(error_code, std::uint64_t)>;
+
+/// One worker: a coroutine on its own strand that loads its key's model and
+/// serves the key's queue. Its key owns it; the key, in turn, lives as long
+/// as the pool's core, which the worker's coroutine holds: a plain pointer
+/// back makes no cycle.
+struct worker_record {
+  worker_record(std::uint64_t worker_id, key_state* owner, const executor& ex)
+      : id(worker_id), key(owner), strand(asio::make_strand(ex)) {}
+  worker_record(const worker_record&) = delete;
+  worker_record& operator=(const worker_record&) = delete;
+
+  const std::uint64_t id;
+  key_state* const key;  // null only in the key queue's unit tests
+  const strand_type strand;
+
+  /// Any thread.
+  struct shared_fields {
+    // Set on the pool strand, read by the worker and its key's queue: a stop
+    // that arrives before the coroutine has an operation to cancel is still seen.
+    std::atomic<bool> stop_requested{false};
+    // Set on the pool strand before the coroutine is cancelled: what a stream
+    // cut short by that cancellation tells its reader. errc{}: not cancelled.
+    std::atomic<errc> cancelled_because{errc{}};
+    worker_state_cell state;
+    std::atomic<std::uint64_t> served{0};
+  } shared;
+
+  /// The health channel: the pool pings, the worker's responder answers (any thread).
+  ping_channel ping{strand, 1};
+
+  /// The worker's own strand.
+  struct own_fields {
+    asio::cancellation_signal stop_signal;  // emitted there, where the coroutine runs
+    bool finished = false;                  // its coroutine has ended
+    clock::time_point last_progress;        // when it last loaded, or answered or started a request
+  } own;
+
+  /// The pool's strand.
+  struct pool_fields {
+    bool ready = false;
+    bool retired = false;        // out of routing: evicted, stopped or declared dead
+    bool declared_dead = false;  // by the health sweep
+    bool memory_victim = false;  // evicted to make room for another key's spawn
+    clock::time_point last_pong;
+    clock::time_point reported_progress;      // own.last_progress, as its latest pong told
+    std::shared_ptr<worker_record> replaces;  // restart: the worker this one takes over from
+    memory_reservation reservation;           // its key's footprint, held until it ends
+  } pool;
+
+  /// Its key's queue lock (see key_queue).
+  struct queue_fields {
+    // While the coroutine waits for a request (it is then among the key's
+    // idle workers). Like a pending operation, it keeps its executor's work
+    // count up meanwhile.
+    std::unique_ptr<completion<request_ptr>> parked;
+    request_ptr current;           // the request it is handling
+    clock::time_point idle_since;  // when it parked
+  } queue;
+};
+
+}  // namespace coropool::detail

@@ -1,0 +1,129 @@
+#pragma once
+
+/// @file
+/// `coropool::to_prometheus`: a PoolStats snapshot in the Prometheus text format.
+
+#include "coropool/stats.hpp"
+
+#include <string>
+#include <string_view>
+
+namespace coropool {
+
+namespace detail {
+
+/// A label value as the Prometheus text format wants it: \, " and newline escaped.
+inline std::string escape_label(std::string_view value) {
+  std::string out;
+  out.reserve(value.size());
+  for (char c : value) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+inline std::string format_number(double v) {
+  std::string s = std::to_string(v);
+  // std::to_string writes six decimals; trim them for integers.
+  const auto dot = s.find('.');
+  if (dot != std::string::npos) {
+    s.erase(s.find_last_not_of('0') + 1);
+    if (s.back() == '.') s.pop_back();
+  }
+  return s;
+}
+
+}  // namespace detail
+
+/// Renders `stats` in the Prometheus text exposition format (version 0.0.4):
+/// a `# HELP` and a `# TYPE` line per metric, counters named `_total`,
+/// per-key series labelled `key="..."` (escaped), the latency histogram with
+/// cumulative `le` buckets in seconds.
+inline std::string to_prometheus(const PoolStats& stats, std::string_view prefix = "coropool") {
+  std::string out;
+  const std::string p(prefix);
+  auto header = [&](std::string_view name, std::string_view type, std::string_view help) {
+    out += "# HELP " + p + "_" + std::string(name) + " " + std::string(help) + "\n";
+    out += "# TYPE " + p + "_" + std::string(name) + " " + std::string(type) + "\n";
+  };
+  auto sample = [&](std::string_view name, const std::string& labels, double value) {
+    out += p + "_" + std::string(name);
+    if (!labels.empty()) out += "{" + labels + "}";
+    out += " " + detail::format_number(value) + "\n";
+  };
+  auto key_label = [](const std::string& key) { return "key=\"" + detail::escape_label(key) + "\""; };
+  auto per_key = [&](std::string_view name, std::string_view type, std::string_view help, auto field) {
+    header(name, type, help);
+    for (const auto& [key, k] : stats.keys) sample(name, key_label(key), static_cast<double>(field(k)));
+  };
+
+  header("workers", "gauge", "Workers by state.");
+  for (const auto& [key, k] : stats.keys) {
+    for (std::size_t i = 0; i < worker_state_count; ++i) {
+      sample("workers", key_label(key) + ",state=\"" + std::string(to_string(static_cast<worker_state>(i))) + "\"",
+             static_cast<double>(k.workers[i]));
+    }
+  }
+  per_key("queued_requests", "gauge", "Requests waiting in the key's queue.",
+          [](const KeyStats& k) { return k.queued; });
+  per_key("waiting_for_room", "gauge", "Callers held back by a full queue.",
+          [](const KeyStats& k) { return k.waiting_for_room; });
+  per_key("waiters", "gauge", "Callers waiting for workers.", [](const KeyStats& k) { return k.waiters; });
+  per_key("in_flight_requests", "gauge", "Requests being handled.", [](const KeyStats& k) { return k.in_flight; });
+  per_key("requests_submitted_total", "counter", "Requests accepted.", [](const KeyStats& k) { return k.submitted; });
+  per_key("requests_completed_total", "counter", "Requests answered with a response.",
+          [](const KeyStats& k) { return k.completed; });
+  per_key("requests_failed_total", "counter", "Requests answered with an error.",
+          [](const KeyStats& k) { return k.failed; });
+  per_key("requests_timed_out_total", "counter", "Requests that ran past request_timeout.",
+          [](const KeyStats& k) { return k.timed_out; });
+  per_key("requests_cancelled_total", "counter", "Requests cancelled by their callers.",
+          [](const KeyStats& k) { return k.cancelled; });
+  per_key("requests_rejected_total", "counter", "Requests refused by a key.",
+          [](const KeyStats& k) { return k.rejected; });
+  per_key("loads_total", "counter", "Model loads started.", [](const KeyStats& k) { return k.loads; });
+  per_key("load_failures_total", "counter", "Model loads that failed.",
+          [](const KeyStats& k) { return k.load_failures; });
+  per_key("evictions_total", "counter", "Workers evicted.", [](const KeyStats& k) { return k.evictions; });
+  per_key("restarts_total", "counter", "Workers replaced by restart.", [](const KeyStats& k) { return k.restarts; });
+  per_key("worker_deaths_total", "counter", "Workers declared dead.", [](const KeyStats& k) { return k.deaths; });
+  header("breaker_state", "gauge", "Circuit breaker state: 1 for the current one.");
+  for (const auto& [key, k] : stats.keys) {
+    for (auto s : {breaker_state::closed, breaker_state::open, breaker_state::half_open}) {
+      sample("breaker_state", key_label(key) + ",state=\"" + std::string(to_string(s)) + "\"", k.breaker == s ? 1 : 0);
+    }
+  }
+  per_key("breaker_opened_total", "counter", "Times the circuit breaker opened.",
+          [](const KeyStats& k) { return k.breaker_opened; });
+  per_key("memory_reserved_bytes", "gauge", "Bytes reserved by the key's workers.",
+          [](const KeyStats& k) { return k.memory_reserved; });
+  header("memory_budget_bytes", "gauge", "The pool's memory budget.");
+  sample("memory_budget_bytes", "", static_cast<double>(stats.memory_budget));
+  header("requests_refused_total", "counter", "Requests refused before reaching a key.");
+  sample("requests_refused_total", "", static_cast<double>(stats.rejected));
+
+  header("request_latency_seconds", "histogram", "Submission to answer.");
+  for (const auto& [key, k] : stats.keys) {
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i + 1 < LatencyHistogram::bucket_count; ++i) {  // the last bucket is +Inf's
+      cumulative += k.latency.buckets[i];
+      sample("request_latency_seconds_bucket",
+             key_label(key) + ",le=\"" + detail::format_number(LatencyHistogram::upper_bound_us(i) / 1e6) + "\"",
+             static_cast<double>(cumulative));
+    }
+    sample("request_latency_seconds_bucket", key_label(key) + ",le=\"+Inf\"", static_cast<double>(k.latency.count));
+    sample("request_latency_seconds_sum", key_label(key), k.latency.sum_us / 1e6);
+    sample("request_latency_seconds_count", key_label(key), static_cast<double>(k.latency.count));
+  }
+  return out;
+}
+
+}  // namespace coropool

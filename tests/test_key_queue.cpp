@@ -1,0 +1,344 @@
+// The key queue on its own: no pool, no strand, no worker coroutine. Each
+// test plays callers, workers and the deadline timer by calling the queue's
+// members directly, and checks the exactly-once rule written at the top of
+// include/coropool/detail/key_queue.hpp.
+
+#include <coropool.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <thread>
+#include <vector>
+
+using namespace coropool;
+using pool_clock = coropool::detail::clock;
+using coropool::detail::key_queue;
+using coropool::detail::request_base;
+using coropool::detail::request_ptr;
+using coropool::detail::worker_record;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// A request whose caller counts its completions.
+class probe_request final : public request_base {
+ public:
+  void fail(error_code ec, std::exception_ptr) override {
+    outcome = ec;
+    completions.fetch_add(1);
+  }
+  void abandon() noexcept override { abandoned = true; }
+
+  std::atomic<int> completions{0};
+  error_code outcome;
+  bool abandoned = false;
+};
+
+using probe_ptr = boost::intrusive_ptr<probe_request>;
+
+probe_ptr make_request() { return probe_ptr(new probe_request); }
+
+/// The completion a parked worker is handed its next request (or null) through.
+class parked_slot final : public detail::completion<request_ptr> {
+ public:
+  explicit parked_slot(std::shared_ptr<request_ptr> into) : into_(std::move(into)) {}
+  void complete(request_ptr r) override { *into_ = std::move(r); }
+
+ private:
+  std::shared_ptr<request_ptr> into_;
+};
+
+struct fixture {
+  explicit fixture(std::size_t capacity = 4, pool_clock::duration timeout = 1h, std::size_t failure_threshold = 0)
+      : queue("k", ioc.get_executor(), {capacity, timeout}, detail::circuit_breaker(failure_threshold, 1h, 1), {},
+              nullptr) {}
+
+  std::shared_ptr<worker_record> worker() {
+    auto w = std::make_shared<worker_record>(++ids, nullptr, ioc.get_executor());
+    w->shared.state.transition(worker_state::loading);
+    w->shared.state.transition(worker_state::ready);
+    return w;
+  }
+
+  /// Completes what enqueue() decided, as the pool does after the lock.
+  void submit(const probe_ptr& r, bool wait_for_room = true) {
+    auto admitted = queue.enqueue(r, wait_for_room);
+    if (admitted.refused) r->fail(admitted.refused, nullptr);
+    if (admitted.wake) admitted.wake->complete(r);
+  }
+
+  /// Answers `r` as a worker does: true when the answer reaches the caller.
+  static bool answer(key_queue& q, request_base& r, worker_record& w) {
+    if (!q.claim_answer(r, w, false)) return false;
+    static_cast<probe_request&>(r).fail({}, nullptr);  // the answer: success
+    return true;
+  }
+
+  KeyStats stats() const {
+    KeyStats s;
+    queue.read_stats(s, pool_clock::now());
+    return s;
+  }
+
+  asio::io_context ioc;
+  key_queue queue;
+  std::uint64_t ids = 0;
+};
+
+}  // namespace
+
+TEST_CASE("key queue: a queued request is taken once, answered once", "[key_queue]") {
+  fixture f;
+  auto r = make_request();
+  auto w = f.worker();
+  f.submit(r);
+  CHECK(f.queue.queued() == 1);
+  request_ptr taken = f.queue.take(*w);
+  REQUIRE(taken == r);
+  CHECK(w->shared.state.load() == worker_state::processing);
+  CHECK(f.queue.take(*w) == nullptr);
+  CHECK(fixture::answer(f.queue, *r, *w));
+  CHECK_FALSE(f.queue.cancel(*r));  // done: a late cancellation does nothing
+  CHECK(r->completions == 1);
+  CHECK(r->outcome == error_code{});
+  CHECK(w->shared.state.load() == worker_state::ready);
+  CHECK(f.stats().submitted == 1);
+  CHECK(f.stats().completed == 1);
+}
+
+TEST_CASE("key queue: a request submitted while a worker is parked is handed to it", "[key_queue]") {
+  fixture f;
+  auto w = f.worker();
+  auto into = std::make_shared<request_ptr>();
+  auto [none, parked] = f.queue.take_or_park(w, [&] { return std::make_unique<parked_slot>(into); });
+  CHECK(none == nullptr);
+  REQUIRE(parked);
+  CHECK(w->shared.state.load() == worker_state::idle);
+  auto r = make_request();
+  f.submit(r);
+  CHECK(*into == r);
+  CHECK(f.queue.queued() == 0);  // handed over, never queued
+  CHECK(w->queue.current == r);
+  CHECK(w->shared.state.load() == worker_state::processing);
+  CHECK(fixture::answer(f.queue, *r, *w));
+  CHECK(r->completions == 1);
+}
+
+TEST_CASE("key queue: a worker finds a queued request instead of parking", "[key_queue]") {
+  fixture f;
+  auto r = make_request();
+  f.submit(r);
+  auto w = f.worker();
+  bool made = false;
+  auto [taken, parked] = f.queue.take_or_park(w, [&] {
+    made = true;
+    return std::make_unique<parked_slot>(std::make_shared<request_ptr>());
+  });
+  CHECK(taken == r);
+  CHECK_FALSE(parked);
+  CHECK_FALSE(made);  // no completion allocated when there is work
+}
+
+TEST_CASE("key queue: a cancelled queued request is never taken", "[key_queue]") {
+  fixture f;
+  auto r = make_request();
+  f.submit(r);
+  REQUIRE(f.queue.cancel(*r));
+  r->fail(asio::error::operation_aborted, nullptr);  // the canceller completes it
+  CHECK_FALSE(f.queue.cancel(*r));
+  auto w = f.worker();
+  CHECK(f.queue.take(*w) == nullptr);
+  CHECK(r->completions == 1);
+  CHECK(f.stats().cancelled == 1);
+  CHECK(f.stats().queued == 0);
+}
+
+TEST_CASE("key queue: a cancellation during handling wins, and the late answer is discarded", "[key_queue]") {
+  fixture f;
+  auto r = make_request();
+  auto w = f.worker();
+  f.submit(r);
+  REQUIRE(f.queue.take(*w) == r);
+  REQUIRE(f.queue.cancel(*r));
+  r->fail(asio::error::operation_aborted, nullptr);
+  CHECK_FALSE(fixture::answer(f.queue, *r, *w));
+  CHECK(r->completions == 1);
+  CHECK(r->outcome == asio::error::operation_aborted);
+  CHECK(w->shared.state.load() == worker_state::ready);  // the worker is free again either way
+  CHECK(f.stats().cancelled == 1);
+  CHECK(f.stats().completed == 0);
+}
+
+TEST_CASE("key queue: the deadline sweep times out queued and handled requests once", "[key_queue]") {
+  fixture f(4, 10ms);
+  auto queued = make_request();
+  auto handled = make_request();
+  auto w = f.worker();
+  f.submit(handled);
+  f.submit(queued);
+  REQUIRE(f.queue.take(*w) == handled);
+  f.queue.expire(pool_clock::now());  // not due yet
+  CHECK(queued->completions == 0);
+  f.queue.expire(pool_clock::now() + 1s);
+  CHECK(queued->completions == 1);
+  CHECK(queued->outcome == errc::request_timeout);
+  CHECK(handled->completions == 1);
+  CHECK(handled->outcome == errc::request_timeout);
+  CHECK_FALSE(fixture::answer(f.queue, *handled, *w));  // the worker's late answer goes nowhere
+  CHECK(f.queue.take(*w) == nullptr);
+  f.queue.expire(pool_clock::now() + 1h);
+  CHECK(queued->completions == 1);
+  CHECK(f.stats().timed_out == 2);
+}
+
+TEST_CASE("key queue: a full queue holds callers back in order, or refuses try_submit", "[key_queue]") {
+  fixture f(1);
+  auto first = make_request();
+  auto second = make_request();
+  auto third = make_request();
+  auto refused = make_request();
+  f.submit(first);
+  f.submit(second);
+  f.submit(third);
+  f.submit(refused, false);
+  CHECK(refused->completions == 1);
+  CHECK(refused->outcome == errc::queue_full);
+  CHECK(f.stats().queued == 1);
+  CHECK(f.stats().waiting_for_room == 2);
+  // A cancelled room waiter leaves without taking anyone's place.
+  REQUIRE(f.queue.cancel(*second));
+  second->fail(asio::error::operation_aborted, nullptr);
+  auto w = f.worker();
+  CHECK(f.queue.take(*w) == first);
+  CHECK(f.stats().queued == 1);  // `third` moved up into the room `first` left
+  CHECK(f.stats().waiting_for_room == 0);
+  CHECK(fixture::answer(f.queue, *first, *w));
+  CHECK(f.queue.take(*w) == third);
+  CHECK(f.stats().rejected == 1);
+}
+
+TEST_CASE("key queue: a closed queue refuses, hands its parked workers back, and fails the rest once", "[key_queue]") {
+  fixture f;
+  auto w = f.worker();
+  auto into = std::make_shared<request_ptr>();
+  REQUIRE(f.queue.take_or_park(w, [&] { return std::make_unique<parked_slot>(into); }).second);
+  auto released = f.queue.close();
+  REQUIRE(released.size() == 1);
+  CHECK(released.front() == w);
+  auto late = make_request();
+  f.submit(late);
+  CHECK(late->outcome == errc::shutting_down);
+  // A worker does not park on a closed queue: it is told to leave.
+  auto [r, parked] = f.queue.take_or_park(w, [&] { return std::make_unique<parked_slot>(into); });
+  CHECK(r == nullptr);
+  CHECK_FALSE(parked);
+}
+
+TEST_CASE("key queue: fail_all completes every outstanding request once, wherever it is", "[key_queue]") {
+  fixture f(1);
+  auto handled = make_request();
+  auto queued = make_request();
+  auto waiting = make_request();
+  auto w = f.worker();
+  f.submit(handled);
+  REQUIRE(f.queue.take(*w) == handled);
+  f.submit(queued);
+  f.submit(waiting);
+  f.queue.fail_all(errc::shutting_down);
+  for (auto* r : {handled.get(), queued.get(), waiting.get()}) {
+    CHECK(r->completions == 1);
+    CHECK(r->outcome == errc::shutting_down);
+  }
+  CHECK_FALSE(fixture::answer(f.queue, *handled, *w));
+  CHECK(f.stats().failed == 3);
+}
+
+TEST_CASE("key queue: a lost worker's request fails once and counts against the breaker", "[key_queue]") {
+  fixture f(4, 1h, 1);
+  auto r = make_request();
+  auto w = f.worker();
+  f.submit(r);
+  REQUIRE(f.queue.take(*w) == r);
+  auto lost = f.queue.claim_current(*w, errc::worker_lost);
+  REQUIRE(lost == r);
+  lost->fail(errc::worker_lost, nullptr);
+  CHECK(f.queue.claim_current(*w, errc::worker_lost) == nullptr);  // already done
+  CHECK(r->completions == 1);
+  CHECK(f.stats().breaker == breaker_state::open);
+  auto refused = make_request();
+  f.submit(refused);
+  CHECK(refused->outcome == errc::circuit_open);
+}
+
+TEST_CASE("key queue: idle workers are released oldest first, only once idle long enough", "[key_queue]") {
+  fixture f;
+  std::vector<std::shared_ptr<worker_record>> workers;
+  for (int i = 0; i < 3; ++i) {
+    workers.push_back(f.worker());
+    REQUIRE(
+        f.queue
+            .take_or_park(workers.back(), [] { return std::make_unique<parked_slot>(std::make_shared<request_ptr>()); })
+            .second);
+  }
+  const auto now = pool_clock::now();
+  CHECK(f.queue.release_idle(3, now, 1h).empty());  // none idle for an hour
+  auto released = f.queue.release_idle(2, now + 2h, 1h);
+  REQUIRE(released.size() == 2);
+  CHECK(released[0] == workers[0]);
+  CHECK(released[1] == workers[1]);
+  CHECK(f.queue.release_idle(*workers[0]) == nullptr);  // no longer parked
+  CHECK(f.queue.release_idle(*workers[2]) == workers[2]);
+}
+
+TEST_CASE("key queue: callers, cancellers, workers and the deadline sweep race; each request ends once",
+          "[key_queue][race]") {
+  fixture f(8, 50ms);
+  constexpr int callers = 2;
+  constexpr int per_caller = 4000;
+  std::vector<probe_ptr> requests;
+  for (int i = 0; i < callers * per_caller; ++i) requests.push_back(make_request());
+  std::atomic<bool> submitting{true};
+  std::atomic<int> answered{0};
+
+  std::vector<std::thread> threads;
+  for (int c = 0; c < callers; ++c) {
+    threads.emplace_back([&, c] {
+      for (int i = 0; i < per_caller; ++i) {
+        auto& r = requests[static_cast<std::size_t>(c * per_caller + i)];
+        f.submit(r, i % 3 != 0);  // every third a try_submit, which may be refused
+        if (i % 5 == 0 && f.queue.cancel(*r)) r->fail(asio::error::operation_aborted, nullptr);
+      }
+    });
+  }
+  for (int n = 0; n < 2; ++n) {
+    threads.emplace_back([&] {
+      auto w = f.worker();
+      while (submitting || f.queue.queued() > 0) {
+        if (auto r = f.queue.take(*w)) {
+          if (fixture::answer(f.queue, *r, *w)) answered.fetch_add(1);
+        } else {
+          std::this_thread::yield();
+        }
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    while (submitting) {
+      f.queue.expire(pool_clock::now());
+      std::this_thread::yield();
+    }
+  });
+  for (int c = 0; c < callers; ++c) threads[static_cast<std::size_t>(c)].join();
+  submitting = false;
+  for (std::size_t t = callers; t < threads.size(); ++t) threads[t].join();
+  f.queue.fail_all(errc::shutting_down);  // room waiters left over, if any
+
+  for (auto& r : requests) REQUIRE(r->completions == 1);
+  const KeyStats s = f.stats();
+  CHECK(s.completed == static_cast<std::uint64_t>(answered.load()));
+  CHECK(s.completed + s.cancelled + s.timed_out + s.failed + s.rejected == requests.size());
+  CHECK(s.submitted + s.rejected == requests.size());
+}
