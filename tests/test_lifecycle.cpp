@@ -17,36 +17,6 @@
 using namespace coropool;
 using namespace coropool::test;
 
-namespace {
-
-/// Short intervals, so that health and maintenance act within a test's time.
-PoolConfig lifecycle_config(std::size_t cold = 1, std::size_t max = 1) {
-  PoolConfig config = quiet_config();
-  config.cold_start_workers = cold;
-  config.max_workers_per_key = max;
-  config.compute_threads = 1;
-  config.health_interval = 20ms;
-  config.health_timeout = 150ms;
-  config.maintenance_interval = 10ms;
-  config.idle_timeout = 50ms;
-  return config;
-}
-
-/// Waits (the test's own observer; the pool never polls) until `done()` or `limit`.
-template <class Done>
-asio::awaitable<bool> eventually(Done done, std::chrono::steady_clock::duration limit = 5s) {
-  asio::steady_timer timer(co_await asio::this_coro::executor);
-  const auto until = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > until) co_return false;
-    timer.expires_after(2ms);
-    co_await timer.async_wait(asio::use_awaitable);
-  }
-  co_return true;
-}
-
-}  // namespace
-
 TEST_CASE("worker state transitions are checked in one place", "[lifecycle]") {
   using enum worker_state;
   const std::set<std::pair<worker_state, worker_state>> legal{
@@ -115,14 +85,15 @@ TEST_CASE("a worker that hangs is declared dead; its caller gets worker_lost and
   asio::io_context ioc(2);
   auto script = std::make_shared<LoadScript>();
   std::atomic<bool> hang_over{false};
-  IntPool pool(ioc, lifecycle_config(), scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
-    if (request < 0) {
-      // A hung model holds its thread: its worker answers no ping meanwhile.
-      std::this_thread::sleep_for(800ms);
-      hang_over = true;
-    }
-    co_return request + 1;
-  });
+  IntPool pool(ioc, TestConfig().fast_lifecycle(), scripted_loader(script),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 if (request < 0) {
+                   // A hung model holds its thread: its worker answers no ping meanwhile.
+                   std::this_thread::sleep_for(800ms);
+                   hang_over = true;
+                 }
+                 co_return request + 1;
+               });
   error_code hung_error;
   bool lost_while_hung = false;
   bool served_while_hung = false;
@@ -150,7 +121,7 @@ TEST_CASE("a worker that hangs is declared dead; its caller gets worker_lost and
 TEST_CASE("a worker stuck on a request past request_timeout is replaced", "[lifecycle]") {
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
-  PoolConfig config = lifecycle_config();
+  PoolConfig config = TestConfig().fast_lifecycle();
   config.request_timeout = 100ms;
   std::atomic<int> cancelled{0};
   IntPool pool(ioc, config, scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
@@ -185,10 +156,11 @@ TEST_CASE("a worker stuck on a request past request_timeout is replaced", "[life
 TEST_CASE("requests queued behind a dead worker are served by its replacement, none lost", "[lifecycle]") {
   asio::io_context ioc(2);
   auto script = std::make_shared<LoadScript>();
-  IntPool pool(ioc, lifecycle_config(), scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
-    if (request < 0) std::this_thread::sleep_for(600ms);  // hangs, holding its thread
-    co_return request + 1;
-  });
+  IntPool pool(ioc, TestConfig().fast_lifecycle(), scripted_loader(script),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 if (request < 0) std::this_thread::sleep_for(600ms);  // hangs, holding its thread
+                 co_return request + 1;
+               });
   constexpr int queued = 10;
   std::atomic<int> answered{0};
   std::atomic<int> lost{0};
@@ -235,7 +207,7 @@ struct Fragile {
 TEST_CASE("a worker whose coroutine ends by an exception is handled as a dead one", "[lifecycle]") {
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
-  Pool<int, Fragile> pool(ioc, lifecycle_config(), scripted_loader(script),
+  Pool<int, Fragile> pool(ioc, TestConfig().fast_lifecycle(), scripted_loader(script),
                           [](Model&, int request) -> asio::awaitable<Fragile> { co_return Fragile(request + 1); });
   constexpr int queued = 5;
   int answered = 0;
@@ -274,7 +246,7 @@ TEST_CASE("idle workers are evicted down to the minimum, and a warm key is refil
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
   script->delay = 1ms;
-  PoolConfig config = lifecycle_config(1, 4);
+  PoolConfig config = TestConfig().workers(1, 4).fast_lifecycle();
   config.min_workers_per_key = 2;
   config.warm_keys = {"bert"};
   IntPool pool(ioc, config, scripted_loader(script), echo_handler());
@@ -316,7 +288,7 @@ TEST_CASE("a pool whose workers are all gone leaves nothing pending: its context
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
   script->delay = 1ms;
-  PoolConfig config = lifecycle_config(1, 1);
+  PoolConfig config = TestConfig().fast_lifecycle();
   config.request_timeout = 1h;  // a deadline timer left armed would hold the context for an hour
   IntPool pool(ioc, config, scripted_loader(script), echo_handler());
   int answer = 0;
@@ -343,11 +315,12 @@ TEST_CASE("a pool whose workers are all gone leaves nothing pending: its context
 TEST_CASE("evict drains the key's queue, then stops its workers", "[lifecycle]") {
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
-  asio::steady_timer gate(ioc, asio::steady_timer::time_point::max());
-  IntPool pool(ioc, lifecycle_config(), scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
-    co_await gate.async_wait(asio::as_tuple(asio::use_awaitable));
-    co_return request + 1;
-  });
+  Gate gate(ioc.get_executor());
+  IntPool pool(ioc, TestConfig().fast_lifecycle(), scripted_loader(script),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 co_await gate.pass();
+                 co_return request + 1;
+               });
   constexpr int submitted = 5;
   int answered = 0;
   int answered_when_evicted = -1;
@@ -367,10 +340,9 @@ TEST_CASE("evict drains the key's queue, then stops its workers", "[lifecycle]")
           answered_when_evicted = answered;
           workers_when_evicted = pool.live_worker_count("bert");
         });
-        asio::steady_timer pause(co_await asio::this_coro::executor, 20ms);
-        co_await pause.async_wait(asio::use_awaitable);
+        co_await pause(20ms);
         CHECK(answered_when_evicted == -1);  // not while requests are queued
-        gate.expires_at(asio::steady_timer::time_point::min());
+        gate.open();
         const bool settled_3 = co_await eventually([&] { return answered_when_evicted >= 0; });
         CHECK(settled_3);
         after = co_await pool.submit("bert", 41);  // a new wave
@@ -387,7 +359,7 @@ TEST_CASE("evict drains the key's queue, then stops its workers", "[lifecycle]")
 TEST_CASE("restart replaces workers one by one while the key serves", "[lifecycle]") {
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
-  IntPool pool(ioc, lifecycle_config(2, 2), scripted_loader(script), echo_handler());
+  IntPool pool(ioc, TestConfig().workers(2, 2).fast_lifecycle(), scripted_loader(script), echo_handler());
   int answered = 0;
   int failed = 0;
   bool restarted = false;
@@ -418,7 +390,8 @@ TEST_CASE("restart replaces workers one by one while the key serves", "[lifecycl
 
 TEST_CASE("commands report bad arguments and shutdown as errors", "[lifecycle]") {
   asio::io_context ioc(1);
-  IntPool pool(ioc, lifecycle_config(1, 2), scripted_loader(std::make_shared<LoadScript>()), echo_handler());
+  IntPool pool(ioc, TestConfig().workers(1, 2).fast_lifecycle(), scripted_loader(std::make_shared<LoadScript>()),
+               echo_handler());
   std::vector<error_code> results;
   auto record = [&](error_code ec) { results.push_back(ec); };
   pool.async_scale("bert", 3, record);  // above max_workers_per_key
@@ -446,7 +419,7 @@ TEST_CASE("100 keys cold-started under a budget for 10 workers: never over budge
   std::uint64_t most_reserved = 0;
   std::uint64_t changes = 0;
   bool over_budget = false;
-  PoolConfig config = lifecycle_config(1, 1);
+  PoolConfig config = TestConfig().fast_lifecycle();
   config.health_interval = 1s;  // quiet: this test is about memory
   config.health_timeout = 5s;
   config.idle_timeout = 1h;  // only the governor evicts here
@@ -523,7 +496,7 @@ TEST_CASE("cold starts racing on two threads never exceed the memory budget", "[
   // The observer runs wherever a reservation changes: atomics, and no Catch assertion off the test's thread.
   std::atomic<std::uint64_t> most_reserved{0};
   std::atomic<bool> over_budget{false};
-  PoolConfig config = lifecycle_config(1, 2);
+  PoolConfig config = TestConfig().workers(1, 2).fast_lifecycle();
   config.health_interval = 1s;  // quiet: this test is about memory
   config.health_timeout = 5s;
   config.idle_timeout = 1h;  // only the governor evicts here

@@ -47,10 +47,8 @@ struct WaiterTally {
 
 /// Shuts the pool down once every waiter of a tally has an outcome.
 asio::awaitable<void> shutdown_when(IntPool& pool, WaiterTally& tally, int count) {
-  asio::steady_timer timer(co_await asio::this_coro::executor);
   while (tally.ok + tally.failed + tally.other < count) {
-    timer.expires_after(1ms);  // the test's own observer; the pool never polls
-    co_await timer.async_wait(asio::use_awaitable);
+    co_await pause(1ms);  // the test's own observer; the pool never polls
   }
   co_await pool.async_shutdown(1s, asio::use_awaitable);
 }
@@ -94,16 +92,8 @@ TEST_CASE("a waiter's callback that throws drops none of the waiters woken with 
       if (i % 3 == 0) throw std::logic_error("callback " + std::to_string(i));
     });
   }
-  int escaped = 0;
-  const auto limit = std::chrono::steady_clock::now() + 10s;  // a dropped waiter would leave the pool running
-  while (!ioc.stopped() && std::chrono::steady_clock::now() < limit) {
-    try {
-      ioc.run_until(limit);
-    } catch (const std::logic_error&) {
-      ++escaped;
-      ioc.restart();
-    }
-  }
+  // A dropped waiter would leave the pool running, and the run would end at its limit.
+  const int escaped = run_counting_escapes<std::logic_error>(ioc, 10s);
   CHECK(escaped == 4);
   CHECK(woken == waiters);
 }
@@ -294,8 +284,7 @@ TEST_CASE("cancelling one waiter leaves the wave to the others", "[pool]") {
         auto result = co_await (pool.async_wait_for_workers("k", 10s, asio::use_awaitable) ||
                                 first.async_wait(asio::use_awaitable));
         operators_cancelled = result.index() == 1;
-        asio::steady_timer later(co_await asio::this_coro::executor, 200ms);
-        co_await later.async_wait(asio::use_awaitable);
+        co_await pause(200ms);
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
       asio::detached);
@@ -342,8 +331,7 @@ TEST_CASE("shutdown fails waiters, refuses new ones and cancels loads", "[pool]"
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
-        asio::steady_timer timer(co_await asio::this_coro::executor, 10ms);
-        co_await timer.async_wait(asio::use_awaitable);
+        co_await pause(10ms);
         pool.async_shutdown(50ms, [&](boost::system::error_code ec) { shutdown_result = ec; });
         pool.async_wait_for_workers("k", 1h, [&](boost::system::error_code ec) { after_shutdown = ec; });
         co_await pool.async_shutdown(0s, asio::use_awaitable);
@@ -436,11 +424,7 @@ TEST_CASE("waiting blocks no thread", "[pool]") {
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
-        asio::steady_timer tick(co_await asio::this_coro::executor);
-        for (; ticks < 20; ++ticks) {
-          tick.expires_after(1ms);
-          co_await tick.async_wait(asio::use_awaitable);
-        }
+        for (; ticks < 20; ++ticks) co_await pause(1ms);
         CHECK(tally.ok == 0);  // still waiting, and we ran anyway
         release->cancel();
       },
@@ -544,10 +528,8 @@ TEST_CASE("every waiter completes exactly once while cancellations race the wave
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
-        asio::steady_timer timer(co_await asio::this_coro::executor);
         while (completed.load() < waiters) {
-          timer.expires_after(1ms);  // the test's own observer; the pool never polls
-          co_await timer.async_wait(asio::use_awaitable);
+          co_await pause(1ms);  // the test's own observer; the pool never polls
         }
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
