@@ -55,7 +55,7 @@ asio::awaitable<void> shutdown_when(IntPool& pool, WaiterTally& tally, int count
 
 }  // namespace
 
-TEST_CASE("a cold key is spawned once for all its waiters", "[pool]") {
+TEST_CASE("a cold key is spawned once for all its waiters", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   IntPool pool(ioc, quiet_config(), scripted_loader(script), echo_handler());
@@ -80,7 +80,7 @@ TEST_CASE("a cold key is spawned once for all its waiters", "[pool]") {
   CHECK_FALSE(pool.has_workers("bert"));  // shut down
 }
 
-TEST_CASE("a waiter's callback that throws drops none of the waiters woken with it", "[pool]") {
+TEST_CASE("a waiter's callback that throws drops none of the waiters woken with it", "[waiters]") {
   asio::io_context ioc(1);
   IntPool pool(ioc, quiet_config(), scripted_loader(std::make_shared<LoadScript>()), echo_handler());
   constexpr int waiters = 10;
@@ -98,7 +98,7 @@ TEST_CASE("a waiter's callback that throws drops none of the waiters woken with 
   CHECK(woken == waiters);
 }
 
-TEST_CASE("10,000 waiters share one spawn wave", "[pool][stress][concurrency]") {
+TEST_CASE("10,000 waiters share one spawn wave", "[waiters][stress][concurrency]") {
   constexpr int waiters = 10'000;
   auto script = std::make_shared<LoadScript>();
   PoolConfig config = quiet_config();
@@ -151,7 +151,7 @@ TEST_CASE("10,000 waiters share one spawn wave", "[pool][stress][concurrency]") 
   }
 }
 
-TEST_CASE("a failed load fails every waiter at once, with its cause", "[pool]") {
+TEST_CASE("a failed load fails every waiter at once, with its cause", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   script->fail = true;
@@ -204,7 +204,7 @@ TEST_CASE("a failed load fails every waiter at once, with its cause", "[pool]") 
   }
 }
 
-TEST_CASE("a pool with no workers and no waiters keeps nothing armed", "[pool]") {
+TEST_CASE("a pool with no workers and no waiters keeps nothing armed", "[waiters]") {
   // io_context::run returns only once nothing is pending: no timer, no coroutine.
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
@@ -222,7 +222,7 @@ TEST_CASE("a pool with no workers and no waiters keeps nothing armed", "[pool]")
   CHECK(script->started == 2);
 }
 
-TEST_CASE("a waiter's deadline ends only that waiter", "[pool]") {
+TEST_CASE("a waiter's deadline ends only that waiter", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   script->delay = 200ms;
@@ -260,7 +260,7 @@ TEST_CASE("a waiter's deadline ends only that waiter", "[pool]") {
   }
 }
 
-TEST_CASE("cancelling one waiter leaves the wave to the others", "[pool]") {
+TEST_CASE("cancelling one waiter leaves the wave to the others", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   script->delay = 50ms;
@@ -297,7 +297,7 @@ TEST_CASE("cancelling one waiter leaves the wave to the others", "[pool]") {
   CHECK(script->finished == 2);
 }
 
-TEST_CASE("bad arguments are errors, not undefined behaviour", "[pool]") {
+TEST_CASE("bad arguments are errors, not undefined behaviour", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   IntPool pool(ioc, quiet_config(), scripted_loader(script), echo_handler());
@@ -318,7 +318,7 @@ TEST_CASE("bad arguments are errors, not undefined behaviour", "[pool]") {
   CHECK_THROWS_AS(IntPool(ioc, no_timeout, scripted_loader(script), echo_handler()), boost::system::system_error);
 }
 
-TEST_CASE("shutdown fails waiters, refuses new ones and cancels loads", "[pool]") {
+TEST_CASE("shutdown fails waiters, refuses new ones and cancels loads", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   script->delay = 1h;  // only cancellation ends these loads
@@ -347,7 +347,7 @@ TEST_CASE("shutdown fails waiters, refuses new ones and cancels loads", "[pool]"
   CHECK(script->cancelled == 2);
 }
 
-TEST_CASE("loads finishing within the shutdown deadline are kept until they end", "[pool]") {
+TEST_CASE("loads finishing within the shutdown deadline are kept until they end", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   script->delay = 20ms;
@@ -360,7 +360,7 @@ TEST_CASE("loads finishing within the shutdown deadline are kept until they end"
   CHECK_FALSE(pool.has_workers("k"));
 }
 
-TEST_CASE("destroying a pool at any point is safe", "[pool][concurrency]") {
+TEST_CASE("destroying a pool at any point is safe", "[waiters][concurrency]") {
   auto script = std::make_shared<LoadScript>();
   script->delay = 1h;
 
@@ -402,7 +402,7 @@ TEST_CASE("destroying a pool at any point is safe", "[pool][concurrency]") {
   }
 }
 
-TEST_CASE("waiting blocks no thread", "[pool]") {
+TEST_CASE("waiting blocks no thread", "[waiters]") {
   // One thread. The load ends only when a ticker on that same thread has
   // ticked 20 times while 1,000 callers wait: if any wait blocked the thread,
   // the ticker could not tick, the load would never end, and the watchdog fails.
@@ -436,7 +436,7 @@ TEST_CASE("waiting blocks no thread", "[pool]") {
   CHECK(loads == 2);
 }
 
-TEST_CASE("completion tokens and executors", "[pool][concurrency]") {
+TEST_CASE("completion tokens and executors", "[waiters][concurrency]") {
   auto script = std::make_shared<LoadScript>();
   asio::io_context ioc;
   IntPool pool(ioc, quiet_config(), scripted_loader(script), echo_handler());
@@ -489,7 +489,7 @@ TEST_CASE("completion tokens and executors", "[pool][concurrency]") {
   }
 }
 
-TEST_CASE("every waiter completes exactly once while cancellations race the wave", "[pool][stress][concurrency]") {
+TEST_CASE("every waiter completes exactly once while cancellations race the wave", "[waiters][stress][concurrency]") {
   constexpr int waiters = 4000;
   asio::io_context ioc(2);
   auto script = std::make_shared<LoadScript>();
