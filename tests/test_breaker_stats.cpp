@@ -13,21 +13,6 @@ using namespace coropool::test;
 
 namespace {
 
-struct model_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-PoolConfig breaker_config(std::size_t threshold = 3, std::size_t probes = 2) {
-  PoolConfig config = quiet_config();
-  config.cold_start_workers = 1;
-  config.max_workers_per_key = 2;
-  config.compute_threads = 1;
-  config.failure_threshold = threshold;
-  config.open_duration = 50ms;
-  config.half_open_probes = probes;
-  return config;
-}
-
 /// A handler that throws for negative requests.
 auto failing_handler() {
   return [](Model&, int request) -> asio::awaitable<int> {
@@ -42,16 +27,12 @@ asio::awaitable<error_code> outcome(IntPool& pool, int request) {
   co_return e ? error_of(e) : error_code{};
 }
 
-asio::awaitable<void> pause(std::chrono::steady_clock::duration d) {
-  asio::steady_timer t(co_await asio::this_coro::executor, d);
-  co_await t.async_wait(asio::use_awaitable);
-}
-
 }  // namespace
 
 TEST_CASE("the breaker opens on consecutive failures only, and a success resets the count", "[breaker]") {
   asio::io_context ioc(1);
-  IntPool pool(ioc, breaker_config(3), scripted_loader(std::make_shared<LoadScript>()), failing_handler());
+  IntPool pool(ioc, TestConfig().workers(1, 2).breaker(3), scripted_loader(std::make_shared<LoadScript>()),
+               failing_handler());
   std::vector<error_code> seen;
   error_code wait_error;
   asio::co_spawn(
@@ -76,11 +57,11 @@ TEST_CASE("the breaker opens on consecutive failures only, and a success resets 
 
 TEST_CASE("a half-open breaker lets its probes through, closes on their success, re-opens on a failure", "[breaker]") {
   asio::io_context ioc(1);
-  asio::steady_timer gate(ioc, asio::steady_timer::time_point::max());
-  IntPool pool(ioc, breaker_config(1, 2), scripted_loader(std::make_shared<LoadScript>()),
+  Gate gate(ioc.get_executor());
+  IntPool pool(ioc, TestConfig().workers(1, 2).breaker(1, 2), scripted_loader(std::make_shared<LoadScript>()),
                [&](Model&, int request) -> asio::awaitable<int> {
                  if (request < 0) throw model_error("bad input");
-                 if (request >= 100) co_await gate.async_wait(asio::as_tuple(asio::use_awaitable));
+                 if (request >= 100) co_await gate.pass();
                  co_return request + 1;
                });
   std::vector<error_code> probes(3);
@@ -105,7 +86,7 @@ TEST_CASE("a half-open breaker lets its probes through, closes on their success,
         }
         co_await pause(10ms);
         CHECK(probes_done == 1);
-        gate.expires_at(asio::steady_timer::time_point::min());
+        gate.open();
         while (probes_done < 3) co_await pause(1ms);
         after_close = co_await outcome(pool, 2);                  // closed again
         const error_code reopening = co_await outcome(pool, -1);  // open again
@@ -131,7 +112,7 @@ TEST_CASE("load failures open the breaker; the predicate decides what counts", "
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
   script->fail = true;
-  PoolConfig config = breaker_config(2);
+  PoolConfig config = TestConfig().workers(1, 2).breaker(2);
   SECTION("by default every load failure counts") {
     IntPool pool(ioc, config, scripted_loader(script), failing_handler());
     std::vector<error_code> seen;
@@ -237,15 +218,15 @@ double value_of(const std::vector<Sample>& samples, const std::string& name, con
 
 TEST_CASE("stats count every outcome, and to_prometheus renders them in the text format", "[stats]") {
   asio::io_context ioc(1);
-  PoolConfig config = breaker_config(0);  // breaker off
+  PoolConfig config = TestConfig().breaker(0);  // breaker off
   config.queue_capacity = 1;
   config.max_workers_per_key = 1;  // no scale-up: the queued request stays queued
   config.request_timeout = 200ms;
-  asio::steady_timer gate(ioc, asio::steady_timer::time_point::max());
+  Gate gate(ioc.get_executor());
   IntPool pool(ioc, config, scripted_loader(std::make_shared<LoadScript>()),
                [&](Model&, int request) -> asio::awaitable<int> {
                  if (request < 0) throw model_error("bad input");
-                 if (request >= 100) co_await gate.async_wait(asio::as_tuple(asio::use_awaitable));
+                 if (request >= 100) co_await gate.pass();
                  co_return request + 1;
                });
   const std::string odd_key = "we\"ird\\key\nname";
@@ -265,7 +246,7 @@ TEST_CASE("stats count every outcome, and to_prometheus renders them in the text
         co_await pause(5ms);
         during = pool.stats();
         co_await pause(250ms);  // both time out
-        gate.expires_at(asio::steady_timer::time_point::min());
+        gate.open();
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
       asio::detached);

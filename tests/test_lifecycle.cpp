@@ -17,36 +17,6 @@
 using namespace coropool;
 using namespace coropool::test;
 
-namespace {
-
-/// Short intervals, so that health and maintenance act within a test's time.
-PoolConfig lifecycle_config(std::size_t cold = 1, std::size_t max = 1) {
-  PoolConfig config = quiet_config();
-  config.cold_start_workers = cold;
-  config.max_workers_per_key = max;
-  config.compute_threads = 1;
-  config.health_interval = 20ms;
-  config.health_timeout = 150ms;
-  config.maintenance_interval = 10ms;
-  config.idle_timeout = 50ms;
-  return config;
-}
-
-/// Waits (the test's own observer; the pool never polls) until `done()` or `limit`.
-template <class Done>
-asio::awaitable<bool> eventually(Done done, std::chrono::steady_clock::duration limit = 5s) {
-  asio::steady_timer timer(co_await asio::this_coro::executor);
-  const auto until = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > until) co_return false;
-    timer.expires_after(2ms);
-    co_await timer.async_wait(asio::use_awaitable);
-  }
-  co_return true;
-}
-
-}  // namespace
-
 TEST_CASE("worker state transitions are checked in one place", "[lifecycle]") {
   using enum worker_state;
   const std::set<std::pair<worker_state, worker_state>> legal{
@@ -115,14 +85,15 @@ TEST_CASE("a worker that hangs is declared dead; its caller gets worker_lost and
   asio::io_context ioc(2);
   auto script = std::make_shared<LoadScript>();
   std::atomic<bool> hang_over{false};
-  IntPool pool(ioc, lifecycle_config(), scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
-    if (request < 0) {
-      // A hung model holds its thread: its worker answers no ping meanwhile.
-      std::this_thread::sleep_for(800ms);
-      hang_over = true;
-    }
-    co_return request + 1;
-  });
+  IntPool pool(ioc, TestConfig().fast_lifecycle(), scripted_loader(script),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 if (request < 0) {
+                   // A hung model holds its thread: its worker answers no ping meanwhile.
+                   std::this_thread::sleep_for(800ms);
+                   hang_over = true;
+                 }
+                 co_return request + 1;
+               });
   error_code hung_error;
   bool lost_while_hung = false;
   bool served_while_hung = false;
@@ -150,7 +121,7 @@ TEST_CASE("a worker that hangs is declared dead; its caller gets worker_lost and
 TEST_CASE("a worker stuck on a request past request_timeout is replaced", "[lifecycle]") {
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
-  PoolConfig config = lifecycle_config();
+  PoolConfig config = TestConfig().fast_lifecycle();
   config.request_timeout = 100ms;
   std::atomic<int> cancelled{0};
   IntPool pool(ioc, config, scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
@@ -185,10 +156,11 @@ TEST_CASE("a worker stuck on a request past request_timeout is replaced", "[life
 TEST_CASE("requests queued behind a dead worker are served by its replacement, none lost", "[lifecycle]") {
   asio::io_context ioc(2);
   auto script = std::make_shared<LoadScript>();
-  IntPool pool(ioc, lifecycle_config(), scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
-    if (request < 0) std::this_thread::sleep_for(600ms);  // hangs, holding its thread
-    co_return request + 1;
-  });
+  IntPool pool(ioc, TestConfig().fast_lifecycle(), scripted_loader(script),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 if (request < 0) std::this_thread::sleep_for(600ms);  // hangs, holding its thread
+                 co_return request + 1;
+               });
   constexpr int queued = 10;
   std::atomic<int> answered{0};
   std::atomic<int> lost{0};
@@ -235,7 +207,7 @@ struct Fragile {
 TEST_CASE("a worker whose coroutine ends by an exception is handled as a dead one", "[lifecycle]") {
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
-  Pool<int, Fragile> pool(ioc, lifecycle_config(), scripted_loader(script),
+  Pool<int, Fragile> pool(ioc, TestConfig().fast_lifecycle(), scripted_loader(script),
                           [](Model&, int request) -> asio::awaitable<Fragile> { co_return Fragile(request + 1); });
   constexpr int queued = 5;
   int answered = 0;
@@ -274,7 +246,7 @@ TEST_CASE("idle workers are evicted down to the minimum, and a warm key is refil
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
   script->delay = 1ms;
-  PoolConfig config = lifecycle_config(1, 4);
+  PoolConfig config = TestConfig().workers(1, 4).fast_lifecycle();
   config.min_workers_per_key = 2;
   config.warm_keys = {"bert"};
   IntPool pool(ioc, config, scripted_loader(script), echo_handler());
@@ -316,7 +288,7 @@ TEST_CASE("a pool whose workers are all gone leaves nothing pending: its context
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
   script->delay = 1ms;
-  PoolConfig config = lifecycle_config(1, 1);
+  PoolConfig config = TestConfig().fast_lifecycle();
   config.request_timeout = 1h;  // a deadline timer left armed would hold the context for an hour
   IntPool pool(ioc, config, scripted_loader(script), echo_handler());
   int answer = 0;
@@ -343,11 +315,12 @@ TEST_CASE("a pool whose workers are all gone leaves nothing pending: its context
 TEST_CASE("evict drains the key's queue, then stops its workers", "[lifecycle]") {
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
-  asio::steady_timer gate(ioc, asio::steady_timer::time_point::max());
-  IntPool pool(ioc, lifecycle_config(), scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
-    co_await gate.async_wait(asio::as_tuple(asio::use_awaitable));
-    co_return request + 1;
-  });
+  Gate gate(ioc.get_executor());
+  IntPool pool(ioc, TestConfig().fast_lifecycle(), scripted_loader(script),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 co_await gate.pass();
+                 co_return request + 1;
+               });
   constexpr int submitted = 5;
   int answered = 0;
   int answered_when_evicted = -1;
@@ -367,10 +340,9 @@ TEST_CASE("evict drains the key's queue, then stops its workers", "[lifecycle]")
           answered_when_evicted = answered;
           workers_when_evicted = pool.live_worker_count("bert");
         });
-        asio::steady_timer pause(co_await asio::this_coro::executor, 20ms);
-        co_await pause.async_wait(asio::use_awaitable);
+        co_await pause(20ms);
         CHECK(answered_when_evicted == -1);  // not while requests are queued
-        gate.expires_at(asio::steady_timer::time_point::min());
+        gate.open();
         const bool settled_3 = co_await eventually([&] { return answered_when_evicted >= 0; });
         CHECK(settled_3);
         after = co_await pool.submit("bert", 41);  // a new wave
@@ -387,7 +359,7 @@ TEST_CASE("evict drains the key's queue, then stops its workers", "[lifecycle]")
 TEST_CASE("restart replaces workers one by one while the key serves", "[lifecycle]") {
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
-  IntPool pool(ioc, lifecycle_config(2, 2), scripted_loader(script), echo_handler());
+  IntPool pool(ioc, TestConfig().workers(2, 2).fast_lifecycle(), scripted_loader(script), echo_handler());
   int answered = 0;
   int failed = 0;
   bool restarted = false;
@@ -418,7 +390,8 @@ TEST_CASE("restart replaces workers one by one while the key serves", "[lifecycl
 
 TEST_CASE("commands report bad arguments and shutdown as errors", "[lifecycle]") {
   asio::io_context ioc(1);
-  IntPool pool(ioc, lifecycle_config(1, 2), scripted_loader(std::make_shared<LoadScript>()), echo_handler());
+  IntPool pool(ioc, TestConfig().workers(1, 2).fast_lifecycle(), scripted_loader(std::make_shared<LoadScript>()),
+               echo_handler());
   std::vector<error_code> results;
   auto record = [&](error_code ec) { results.push_back(ec); };
   pool.async_scale("bert", 3, record);  // above max_workers_per_key
@@ -436,145 +409,4 @@ TEST_CASE("commands report bad arguments and shutdown as errors", "[lifecycle]")
   REQUIRE(run_until_idle(ioc, 1));
   REQUIRE(results.size() == 2);
   for (auto& ec : results) CHECK(ec == errc::shutting_down);
-}
-
-TEST_CASE("100 keys cold-started under a budget for 10 workers: never over budget, LRU eviction, memory_exhausted",
-          "[lifecycle][memory]") {
-  asio::io_context ioc(1);
-  auto script = std::make_shared<LoadScript>();
-  constexpr std::uint64_t footprint = 100;
-  std::uint64_t most_reserved = 0;
-  std::uint64_t changes = 0;
-  bool over_budget = false;
-  PoolConfig config = lifecycle_config(1, 1);
-  config.health_interval = 1s;  // quiet: this test is about memory
-  config.health_timeout = 5s;
-  config.idle_timeout = 1h;  // only the governor evicts here
-  config.memory_budget = 10 * footprint;
-  config.worker_footprint = [](const std::string&) { return footprint; };
-  config.on_memory_change = [&](std::uint64_t reserved, std::uint64_t budget) {
-    ++changes;
-    most_reserved = std::max(most_reserved, reserved);
-    if (reserved > budget) over_budget = true;  // checked on every change, not sampled
-  };
-  IntPool pool(ioc, config, scripted_loader(script), echo_handler());
-  std::vector<std::string> ready_keys;
-  int exhausted = 0;
-  int other = 0;
-  std::vector<std::size_t> live_after_first_eviction;
-  std::vector<std::size_t> live_after_second_eviction;
-  error_code submit_error;
-  asio::co_spawn(
-      ioc,
-      [&]() -> asio::awaitable<void> {
-        int finished = 0;
-        for (int i = 0; i < 100; ++i) {
-          const std::string key = "k" + std::to_string(i);
-          pool.async_wait_for_workers(key, 5s, [&, key](error_code ec) {
-            if (!ec) {
-              ready_keys.push_back(key);
-            } else if (ec == errc::memory_exhausted) {
-              ++exhausted;
-            } else {
-              ++other;
-            }
-            ++finished;
-          });
-        }
-        // Every byte is held by a loading worker: nothing is idle, no room can be made.
-        auto [e, v] = co_await pool.async_submit("late", 1, asio::as_tuple(asio::use_awaitable));
-        submit_error = error_of(e);
-        const bool all_finished = co_await eventually([&] { return finished == 100; });
-        CHECK(all_finished);
-        std::sort(ready_keys.begin(), ready_keys.end());
-        // Use them in a known order: the first used is the least recently used.
-        for (const auto& key : ready_keys) co_await pool.submit(key, 1);
-        co_await pool.wait_for_workers("fresh1", 5s);  // evicts the LRU one
-        for (const auto& key : ready_keys) live_after_first_eviction.push_back(pool.live_worker_count(key));
-        co_await pool.wait_for_workers("fresh2", 5s);  // and then the next
-        for (const auto& key : ready_keys) live_after_second_eviction.push_back(pool.live_worker_count(key));
-        co_await pool.async_shutdown(1s, asio::use_awaitable);
-      },
-      asio::detached);
-  REQUIRE(run_until_idle(ioc, 1));
-  CHECK_FALSE(over_budget);
-  CHECK(most_reserved == 10 * footprint);
-  CHECK(changes > 20);
-  REQUIRE(ready_keys.size() == 10);
-  CHECK(exhausted == 90);
-  CHECK(other == 0);
-  CHECK(submit_error == errc::memory_exhausted);  // a submit whose spawn has no room fails the same way
-  std::vector<std::size_t> first(10, 1), second(10, 1);
-  first[0] = 0;
-  second[0] = second[1] = 0;
-  CHECK(live_after_first_eviction == first);
-  CHECK(live_after_second_eviction == second);
-  const auto stats = pool.stats();
-  CHECK(stats.memory_reserved == 0);  // every reservation went back to the real counter
-  CHECK(stats.memory_budget == 10 * footprint);
-}
-
-TEST_CASE("cold starts racing on two threads never exceed the memory budget", "[lifecycle][memory][concurrency]") {
-  asio::io_context ioc(2);
-  auto script = std::make_shared<LoadScript>();
-  script->delay = 2ms;
-  constexpr std::uint64_t footprint = 100;
-  constexpr std::uint64_t budget = 10 * footprint;
-  // The observer runs wherever a reservation changes: atomics, and no Catch assertion off the test's thread.
-  std::atomic<std::uint64_t> most_reserved{0};
-  std::atomic<bool> over_budget{false};
-  PoolConfig config = lifecycle_config(1, 2);
-  config.health_interval = 1s;  // quiet: this test is about memory
-  config.health_timeout = 5s;
-  config.idle_timeout = 1h;  // only the governor evicts here
-  config.memory_budget = budget;
-  config.worker_footprint = [](const std::string&) { return footprint; };
-  config.on_memory_change = [&](std::uint64_t reserved, std::uint64_t limit) {
-    if (reserved > limit) over_budget = true;  // checked on every change, not sampled
-    std::uint64_t seen = most_reserved.load();
-    while (seen < reserved && !most_reserved.compare_exchange_weak(seen, reserved)) {
-    }
-  };
-  IntPool pool(ioc, config, scripted_loader(script), echo_handler());
-  // 8 callers on both threads cycle through 40 keys, each used by several
-  // callers at once: cold starts race for 10 workers' worth of memory, and
-  // the governor evicts the least recently used idle workers to make room.
-  constexpr int callers = 8;
-  constexpr int keys = 40;
-  constexpr int per_caller = 60;
-  std::atomic<int> answered{0};
-  std::atomic<int> wrong{0};
-  std::atomic<int> exhausted{0};
-  std::atomic<int> other{0};
-  std::atomic<int> callers_left{callers};
-  for (int c = 0; c < callers; ++c) {
-    asio::co_spawn(
-        ioc,
-        [&, c]() -> asio::awaitable<void> {
-          for (int i = 0; i < per_caller; ++i) {
-            const std::string key = "k" + std::to_string((c * 5 + i) % keys);
-            auto [e, v] = co_await pool.async_submit(key, i, asio::as_tuple(asio::use_awaitable));
-            if (!e) {
-              ++answered;
-              if (v != i + 1) ++wrong;
-            } else if (error_of(e) == errc::memory_exhausted) {
-              ++exhausted;
-            } else {
-              ++other;
-            }
-          }
-          if (--callers_left == 0) co_await pool.async_shutdown(1s, asio::use_awaitable);
-        },
-        asio::detached);
-  }
-  REQUIRE(run_until_idle(ioc, 2));
-  CHECK_FALSE(over_budget.load());
-  CHECK(most_reserved.load() == budget);  // 40 keys: the budget fills, and evictions make room
-  CHECK(answered.load() + exhausted.load() == callers * per_caller);
-  CHECK(answered.load() > 0);
-  CHECK(wrong.load() == 0);
-  CHECK(other.load() == 0);
-  const auto stats = pool.stats();
-  CHECK(stats.memory_reserved == 0);  // every reservation went back
-  CHECK(stats.total().evictions > 0);
 }

@@ -16,6 +16,22 @@ PoolConfig quiet_config() {
   return config;
 }
 
+asio::awaitable<void> pause(clock::duration d) {
+  timer t(co_await asio::this_coro::executor, d);
+  co_await t.async_wait(asio::use_awaitable);
+}
+
+asio::awaitable<bool> eventually(std::function<bool()> done, clock::duration limit) {
+  timer t(co_await asio::this_coro::executor);
+  const auto until = clock::now() + limit;
+  while (!done()) {
+    if (clock::now() > until) co_return false;
+    t.expires_after(2ms);
+    co_await t.async_wait(asio::use_awaitable);
+  }
+  co_return true;
+}
+
 bool run_until_idle(asio::io_context& ioc, int threads, std::chrono::steady_clock::duration limit) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
   std::vector<std::thread> extra;

@@ -11,10 +11,6 @@ using namespace coropool::test;
 
 namespace {
 
-struct generation_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 /// What the stream handlers of these tests did.
 struct Generation {
   std::atomic<int> started{0};
@@ -23,15 +19,6 @@ struct Generation {
   std::atomic<int> threw{0};     // ended by its own exception
   std::atomic<int> finished{0};  // returned normally
 };
-
-PoolConfig stream_config(std::size_t buffer) {
-  PoolConfig config = quiet_config();
-  config.cold_start_workers = 1;
-  config.max_workers_per_key = 1;
-  config.stream_buffer = buffer;
-  config.compute_threads = 1;
-  return config;
-}
 
 /// Streams `request` chunks 0, 1, ...; a negative request streams three and then throws.
 auto counting_stream(Generation& g) {
@@ -49,7 +36,7 @@ auto counting_stream(Generation& g) {
     }
     if (request < 0) {
       g.threw.fetch_add(1);
-      throw generation_error("out of memory at token 3");
+      throw model_error("out of memory at token 3");
     }
     g.finished.fetch_add(1);
   };
@@ -57,17 +44,12 @@ auto counting_stream(Generation& g) {
 
 using StreamPool = Pool<int, int>;
 
-asio::awaitable<void> pause(std::chrono::milliseconds d) {
-  asio::steady_timer t(co_await asio::this_coro::executor, d);
-  co_await t.async_wait(asio::use_awaitable);
-}
-
 }  // namespace
 
 TEST_CASE("a stream delivers its chunks in order, then its end", "[stream]") {
   asio::io_context ioc;
   Generation g;
-  StreamPool pool(ioc, stream_config(4), scripted_loader(std::make_shared<LoadScript>()), echo_handler(),
+  StreamPool pool(ioc, TestConfig().stream_buffer(4), scripted_loader(std::make_shared<LoadScript>()), echo_handler(),
                   counting_stream(g));
   std::vector<int> chunks;
   bool ended = false;
@@ -92,7 +74,7 @@ TEST_CASE("a stream delivers its chunks in order, then its end", "[stream]") {
 TEST_CASE("a slow reader holds the writer back", "[stream]") {
   asio::io_context ioc;
   Generation g;
-  StreamPool pool(ioc, stream_config(4), scripted_loader(std::make_shared<LoadScript>()), echo_handler(),
+  StreamPool pool(ioc, TestConfig().stream_buffer(4), scripted_loader(std::make_shared<LoadScript>()), echo_handler(),
                   counting_stream(g));
   int most_ahead = 0;
   int read = 0;
@@ -117,7 +99,7 @@ TEST_CASE("a slow reader holds the writer back", "[stream]") {
 TEST_CASE("a stream handler's exception ends the stream in-band, after its chunks", "[stream]") {
   asio::io_context ioc;
   Generation g;
-  StreamPool pool(ioc, stream_config(16), scripted_loader(std::make_shared<LoadScript>()), echo_handler(),
+  StreamPool pool(ioc, TestConfig().stream_buffer(16), scripted_loader(std::make_shared<LoadScript>()), echo_handler(),
                   counting_stream(g));
   std::vector<int> chunks;
   std::string error;
@@ -128,7 +110,7 @@ TEST_CASE("a stream handler's exception ends the stream in-band, after its chunk
         auto stream = pool.submit_stream("llm", -1);
         try {
           while (auto chunk = co_await stream.next()) chunks.push_back(*chunk);
-        } catch (const generation_error& e) {
+        } catch (const model_error& e) {
           error = e.what();
         }
         after = co_await pool.submit("llm", 1);  // the worker serves on
@@ -144,7 +126,7 @@ TEST_CASE("a stream handler's exception ends the stream in-band, after its chunk
 TEST_CASE("a reader that leaves stops the generation and frees the worker", "[stream]") {
   asio::io_context ioc;
   Generation g;
-  StreamPool pool(ioc, stream_config(2), scripted_loader(std::make_shared<LoadScript>()), echo_handler(),
+  StreamPool pool(ioc, TestConfig().stream_buffer(2), scripted_loader(std::make_shared<LoadScript>()), echo_handler(),
                   counting_stream(g));
   int after = 0;
   asio::co_spawn(
@@ -171,11 +153,11 @@ TEST_CASE("a reader that leaves stops the generation and frees the worker", "[st
 TEST_CASE("a stream withdrawn while queued is never handled", "[stream]") {
   asio::io_context ioc;
   Generation g;
-  asio::steady_timer gate(ioc, asio::steady_timer::time_point::max());
+  Gate gate(ioc.get_executor());
   StreamPool pool(
-      ioc, stream_config(2), scripted_loader(std::make_shared<LoadScript>()),
+      ioc, TestConfig().stream_buffer(2), scripted_loader(std::make_shared<LoadScript>()),
       [&](Model&, int request) -> asio::awaitable<int> {
-        co_await gate.async_wait(asio::as_tuple(asio::use_awaitable));
+        co_await gate.pass();
         co_return request + 1;
       },
       counting_stream(g));
@@ -192,10 +174,10 @@ TEST_CASE("a stream withdrawn while queued is never handled", "[stream]") {
           CHECK(pool.queued_requests("llm") == 1);
         }
         CHECK(pool.queued_requests("llm") == 0);
-        gate.cancel();
+        gate.open();
         co_await pause(5ms);
         // Without a stream handler, a stream ends with invalid_argument.
-        StreamPool plain(co_await asio::this_coro::executor, stream_config(2),
+        StreamPool plain(co_await asio::this_coro::executor, TestConfig().stream_buffer(2),
                          scripted_loader(std::make_shared<LoadScript>()), echo_handler());
         auto stream = plain.submit_stream("llm", 5);
         try {
@@ -216,7 +198,7 @@ TEST_CASE("a stream withdrawn while queued is never handled", "[stream]") {
 TEST_CASE("many streams across two threads end exactly once", "[stream][concurrency]") {
   asio::io_context ioc(2);
   Generation g;
-  PoolConfig config = stream_config(3);
+  PoolConfig config = TestConfig().stream_buffer(3);
   config.max_workers_per_key = 4;
   StreamPool pool(ioc, config, scripted_loader(std::make_shared<LoadScript>()), echo_handler(), counting_stream(g));
   constexpr int streams = 400;
@@ -239,7 +221,7 @@ TEST_CASE("many streams across two threads end exactly once", "[stream][concurre
               }
             }
             if (s % 5 != 1 || expect < 3) complete.fetch_add(1);
-          } catch (const generation_error&) {
+          } catch (const model_error&) {
             failed.fetch_add(1);
           }
           if (done.fetch_add(1) + 1 == streams) co_await pool.async_shutdown(1s, asio::use_awaitable);

@@ -23,21 +23,6 @@ using namespace coropool::test;
 
 namespace {
 
-/// What the handlers of these tests throw: it must reach the caller unchanged.
-struct model_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-/// Handlers that wait on it stay in flight until the test opens it.
-struct Gate {
-  explicit Gate(const asio::any_io_executor& ex) : timer(ex, asio::steady_timer::time_point::max()) {}
-  asio::awaitable<void> pass() { co_await timer.async_wait(asio::as_tuple(asio::use_awaitable)); }
-  void open() {
-    timer.expires_at(asio::steady_timer::time_point::min());  // later arrivals pass at once
-  }
-  asio::steady_timer timer;
-};
-
 /// Counts what handle() saw, per request value.
 struct HandleLog {
   std::atomic<int> calls{0};
@@ -58,15 +43,6 @@ struct HandleLog {
   void leave() { in_flight.fetch_sub(1); }
 };
 
-PoolConfig small_config(std::size_t cold = 1, std::size_t max = 1, std::size_t capacity = 100) {
-  PoolConfig config = quiet_config();
-  config.cold_start_workers = cold;
-  config.max_workers_per_key = max;
-  config.queue_capacity = capacity;
-  config.compute_threads = 1;
-  return config;
-}
-
 asio::awaitable<void> shutdown_after(IntPool& pool, std::function<asio::awaitable<void>()> body) {
   co_await body();
   co_await pool.async_shutdown(1s, asio::use_awaitable);
@@ -77,7 +53,7 @@ asio::awaitable<void> shutdown_after(IntPool& pool, std::function<asio::awaitabl
 TEST_CASE("submit returns the handler's answer, for every completion token", "[submit]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
-  IntPool pool(ioc, small_config(2, 2), scripted_loader(script), echo_handler());
+  IntPool pool(ioc, TestConfig().workers(2, 2), scripted_loader(script), echo_handler());
 
   std::vector<int> answers;
   asio::co_spawn(ioc,
@@ -112,7 +88,7 @@ TEST_CASE("submit with use_future from a thread outside the pool", "[submit]") {
   auto guard = asio::make_work_guard(ioc);
   std::thread runner([&] { ioc.run(); });
   {
-    IntPool pool(ioc, small_config(), scripted_loader(std::make_shared<LoadScript>()), echo_handler());
+    IntPool pool(ioc, TestConfig(), scripted_loader(std::make_shared<LoadScript>()), echo_handler());
     std::future<int> answer = pool.async_submit("bert", 41, asio::use_future);
     CHECK(answer.get() == 42);
     pool.async_shutdown(1s, asio::use_future).get();
@@ -124,7 +100,7 @@ TEST_CASE("submit with use_future from a thread outside the pool", "[submit]") {
 TEST_CASE("the handler's exception reaches the caller unchanged and the worker serves on", "[submit]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
-  IntPool pool(ioc, small_config(), scripted_loader(script), [](Model&, int request) -> asio::awaitable<int> {
+  IntPool pool(ioc, TestConfig(), scripted_loader(script), [](Model&, int request) -> asio::awaitable<int> {
     if (request < 0) throw model_error("negative input");
     co_return request + 1;
   });
@@ -158,7 +134,7 @@ TEST_CASE("a callback that throws drops none of the answers delivered with it", 
   // executor); the callback that throws escapes run(), as any Asio handler's
   // exception does, and the answers after it still arrive.
   asio::io_context ioc(1);
-  IntPool pool(ioc, small_config(), scripted_loader(std::make_shared<LoadScript>()), echo_handler());
+  IntPool pool(ioc, TestConfig(), scripted_loader(std::make_shared<LoadScript>()), echo_handler());
   constexpr int submitted = 10;
   std::vector<int> answers;
   pool.async_wait_for_workers("bert", 5s, [&](error_code ec) {
@@ -172,16 +148,8 @@ TEST_CASE("a callback that throws drops none of the answers delivered with it", 
       });
     }
   });
-  int escaped = 0;
-  const auto limit = std::chrono::steady_clock::now() + 10s;  // a dropped answer would leave the pool running
-  while (!ioc.stopped() && std::chrono::steady_clock::now() < limit) {
-    try {
-      ioc.run_until(limit);
-    } catch (const model_error&) {
-      ++escaped;
-      ioc.restart();
-    }
-  }
+  // A dropped answer would leave the pool running, and the run would end at its limit.
+  const int escaped = run_counting_escapes<model_error>(ioc, 10s);
   CHECK(escaped == 4);  // callbacks 0, 3, 6 and 9
   CHECK(answers == std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
 }
@@ -190,7 +158,7 @@ TEST_CASE("a full queue holds callers back, and try_submit fails with queue_full
   asio::io_context ioc;
   Gate gate(ioc.get_executor());
   HandleLog log;
-  IntPool pool(ioc, small_config(1, 1, 4), scripted_loader(std::make_shared<LoadScript>()),
+  IntPool pool(ioc, TestConfig().queue(4), scripted_loader(std::make_shared<LoadScript>()),
                [&](Model&, int request) -> asio::awaitable<int> {
                  log.enter(request);
                  co_await gate.pass();
@@ -211,10 +179,8 @@ TEST_CASE("a full queue holds callers back, and try_submit fails with queue_full
                            if (!e) answered.fetch_add(1);
                          });
                        }
-                       asio::steady_timer timer(co_await asio::this_coro::executor);
                        for (int i = 0; i < 5; ++i) {  // let the submits settle: 1 in flight, 4 queued, 15 waiting
-                         timer.expires_after(2ms);
-                         co_await timer.async_wait(asio::use_awaitable);
+                         co_await pause(2ms);
                          most_queued = std::max(most_queued, pool.queued_requests("bert"));
                        }
                        auto [e, v] = co_await pool.async_try_submit("bert", 99, asio::as_tuple(asio::use_awaitable));
@@ -223,8 +189,7 @@ TEST_CASE("a full queue holds callers back, and try_submit fails with queue_full
                        gate.open();
                        while (answered < submitted) {
                          most_queued = std::max(most_queued, pool.queued_requests("bert"));
-                         timer.expires_after(1ms);
-                         co_await timer.async_wait(asio::use_awaitable);
+                         co_await pause(1ms);
                        }
                      }),
       asio::detached);
@@ -240,14 +205,13 @@ TEST_CASE("a full queue holds callers back, and try_submit fails with queue_full
 
 TEST_CASE("a request not answered within request_timeout fails, and the late answer is discarded", "[submit]") {
   asio::io_context ioc;
-  PoolConfig config = small_config(2, 2);  // the second worker serves while the first is stuck
+  PoolConfig config = TestConfig().workers(2, 2);  // the second worker serves while the first is stuck
   config.request_timeout = 30ms;
   std::atomic<int> finished_late{0};
   IntPool pool(ioc, config, scripted_loader(std::make_shared<LoadScript>()),
                [&](Model&, int request) -> asio::awaitable<int> {
                  if (request == 0) {
-                   asio::steady_timer t(co_await asio::this_coro::executor, 100ms);
-                   co_await t.async_wait(asio::use_awaitable);
+                   co_await pause(100ms);
                    finished_late.fetch_add(1);
                  }
                  co_return request + 1;
@@ -278,7 +242,7 @@ TEST_CASE("cancelling a queued request completes it at once and it is never hand
   asio::io_context ioc;
   Gate gate(ioc.get_executor());
   HandleLog log;
-  IntPool pool(ioc, small_config(), scripted_loader(std::make_shared<LoadScript>()),
+  IntPool pool(ioc, TestConfig(), scripted_loader(std::make_shared<LoadScript>()),
                [&](Model&, int request) -> asio::awaitable<int> {
                  log.enter(request);
                  co_await gate.pass();
@@ -309,27 +273,21 @@ TEST_CASE("cancelling a queued request completes it at once and it is never hand
                          first = e;
                          first_answer = v;
                        });
-                       asio::steady_timer timer(co_await asio::this_coro::executor, 5ms);
-                       co_await timer.async_wait(asio::use_awaitable);
+                       co_await pause(5ms);
                        REQUIRE(log.calls == 1);  // 1 in flight, 2 and 3 queued
 
                        queued_signal.emit(asio::cancellation_type::terminal);
-                       timer.expires_after(1ms);
-                       co_await timer.async_wait(asio::use_awaitable);
+                       co_await pause(1ms);
                        REQUIRE(third.has_value());  // at once, while 1 still holds the worker
                        queued_error = error_of(*third);
 
                        in_flight_signal.emit(asio::cancellation_type::terminal);
-                       timer.expires_after(1ms);
-                       co_await timer.async_wait(asio::use_awaitable);
+                       co_await pause(1ms);
                        REQUIRE(second.has_value());
                        in_flight_error = error_of(*second);
 
                        gate.open();
-                       while (!first) {
-                         timer.expires_after(1ms);
-                         co_await timer.async_wait(asio::use_awaitable);
-                       }
+                       while (!first) co_await pause(1ms);
                        first_error = *first;
                      }),
       asio::detached);
@@ -345,7 +303,7 @@ TEST_CASE("errors before queueing", "[submit]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   script->fail = true;
-  IntPool pool(ioc, small_config(2, 2), scripted_loader(script), echo_handler());
+  IntPool pool(ioc, TestConfig().workers(2, 2), scripted_loader(script), echo_handler());
   error_code empty_key;
   int spawn_failures = 0;
   std::string cause;
@@ -364,11 +322,7 @@ TEST_CASE("errors before queueing", "[submit]") {
             done.fetch_add(1);
           });
         }
-        asio::steady_timer timer(co_await asio::this_coro::executor);
-        while (done < 10) {
-          timer.expires_after(1ms);
-          co_await timer.async_wait(asio::use_awaitable);
-        }
+        while (done < 10) co_await pause(1ms);
         for (auto& err : errors) {
           try {
             std::rethrow_exception(err);
@@ -405,13 +359,12 @@ TEST_CASE("a cold burst loads cold_start_workers models, and scale-up adds one a
     co_return m;
   };
   auto slow_handler = [](Model&, int request) -> asio::awaitable<int> {
-    asio::steady_timer t(co_await asio::this_coro::executor, 1ms);
-    co_await t.async_wait(asio::use_awaitable);
+    co_await pause(1ms);
     co_return request + 1;
   };
 
   SECTION("a cold burst of 1,000 submits") {
-    IntPool pool(ioc, small_config(2, 2, 1000), counting_loader, slow_handler);
+    IntPool pool(ioc, TestConfig().workers(2, 2).queue(1000), counting_loader, slow_handler);
     std::atomic<int> answered{0};
     for (int i = 0; i < 1000; ++i) {
       pool.async_submit("bert", i, [&, i](std::exception_ptr e, int v) {
@@ -425,7 +378,7 @@ TEST_CASE("a cold burst loads cold_start_workers models, and scale-up adds one a
   }
 
   SECTION("busy workers grow to max_workers_per_key") {
-    IntPool pool(ioc, small_config(1, 3, 1000), counting_loader, slow_handler);
+    IntPool pool(ioc, TestConfig().workers(1, 3).queue(1000), counting_loader, slow_handler);
     std::atomic<int> answered{0};
     asio::co_spawn(
         ioc,
@@ -437,11 +390,9 @@ TEST_CASE("a cold burst loads cold_start_workers models, and scale-up adds one a
               if (!e) answered.fetch_add(1);
             });
           }
-          asio::steady_timer timer(co_await asio::this_coro::executor);
           while (answered < 600) {
             CHECK(pool.live_worker_count("bert") <= 3);
-            timer.expires_after(1ms);
-            co_await timer.async_wait(asio::use_awaitable);
+            co_await pause(1ms);
           }
           co_await pool.async_shutdown(1s, asio::use_awaitable);
         },
@@ -455,10 +406,9 @@ TEST_CASE("a cold burst loads cold_start_workers models, and scale-up adds one a
 
 TEST_CASE("shutdown under load answers or fails every request, none lost", "[submit]") {
   asio::io_context ioc;
-  IntPool pool(ioc, small_config(2, 2, 50), scripted_loader(std::make_shared<LoadScript>()),
+  IntPool pool(ioc, TestConfig().workers(2, 2).queue(50), scripted_loader(std::make_shared<LoadScript>()),
                [](Model&, int request) -> asio::awaitable<int> {
-                 asio::steady_timer t(co_await asio::this_coro::executor, 2ms);
-                 co_await t.async_wait(asio::use_awaitable);
+                 co_await pause(2ms);
                  co_return request + 1;
                });
   constexpr int submitted = 300;
@@ -478,8 +428,7 @@ TEST_CASE("shutdown under load answers or fails every request, none lost", "[sub
       [&]() -> asio::awaitable<void> {
         co_await pool.wait_for_workers("bert", 5s);
         for (int i = 0; i < submitted; ++i) pool.async_submit("bert", i, count);
-        asio::steady_timer timer(co_await asio::this_coro::executor, 10ms);
-        co_await timer.async_wait(asio::use_awaitable);
+        co_await pause(10ms);
         co_await pool.async_shutdown(40ms, asio::use_awaitable);
         shutdown_completed = true;
         CHECK(pool.live_worker_count("bert") == 0);
@@ -498,9 +447,8 @@ TEST_CASE("a pool whose context is destroyed with requests queued leaks nothing"
   std::atomic<int> completed{0};
   {
     asio::io_context ioc;
-    IntPool pool(ioc, small_config(1, 1, 10), scripted_loader(script), [](Model&, int) -> asio::awaitable<int> {
-      asio::steady_timer t(co_await asio::this_coro::executor, 1h);
-      co_await t.async_wait(asio::use_awaitable);
+    IntPool pool(ioc, TestConfig().queue(10), scripted_loader(script), [](Model&, int) -> asio::awaitable<int> {
+      co_await pause(1h);
       co_return 0;
     });
     for (int i = 0; i < 5; ++i) pool.async_submit("bert", i, [&](std::exception_ptr, int) { completed.fetch_add(1); });
@@ -514,7 +462,7 @@ TEST_CASE("offload runs blocking code on the compute executor and comes back", "
   asio::io_context ioc;
   const auto io_thread = std::this_thread::get_id();
   std::thread::id compute_thread;
-  PoolConfig config = small_config();
+  PoolConfig config = TestConfig();
   std::optional<IntPool> pool;
   pool.emplace(ioc, config, scripted_loader(std::make_shared<LoadScript>()),
                [&](Model&, int request) -> asio::awaitable<int> {
@@ -673,7 +621,7 @@ asio::awaitable<void> stress_client(IntPool& pool, Outcomes& out, const StressOp
 /// end), then checks every caller's outcome and the counters, key by key.
 template <class Executor, class Run>
 void run_stress(const Executor& ex, Run run, const StressOptions& options) {
-  PoolConfig config = small_config(2, 4, options.capacity);
+  PoolConfig config = TestConfig().workers(2, 4).queue(options.capacity);
   config.request_timeout = 200ms;
   // Lifecycle running throughout: health pings, idle eviction, scale-down and restarts (below).
   config.health_interval = 10ms;
@@ -697,11 +645,9 @@ void run_stress(const Executor& ex, Run run, const StressOptions& options) {
     switch (plan_of(request, options.deaths)) {
       case plan::throws:
         throw model_error("request " + std::to_string(request));
-      case plan::slow: {
-        asio::steady_timer t(co_await asio::this_coro::executor, 300ms);
-        co_await t.async_wait(asio::use_awaitable);
+      case plan::slow:
+        co_await pause(300ms);
         break;
-      }
       case plan::blocks:
         std::this_thread::sleep_for(300ms);  // a handler that blocks its thread: no pong can be sent meanwhile
         break;
@@ -722,13 +668,11 @@ void run_stress(const Executor& ex, Run run, const StressOptions& options) {
   asio::co_spawn(
       asio::make_strand(ex),
       [&]() -> asio::awaitable<void> {
-        asio::steady_timer t(co_await asio::this_coro::executor);
         const std::string keys[stress_keys] = {"k0", "k1", "k2", "k3"};
         const auto started = std::chrono::steady_clock::now();
         bool shut = false;
         while (out.clients_done < options.clients) {  // the test's observer, and the lifecycle's chaos
-          t.expires_after(5ms);
-          co_await t.async_wait(asio::use_awaitable);
+          co_await pause(5ms);
           if (options.shutdown_at_random && !shut && std::chrono::steady_clock::now() - started >= shutdown_after) {
             shut = true;  // the clients go on submitting: shutting_down from here on
             pool.async_shutdown(std::chrono::milliseconds(chaos_rng() % 50),
@@ -847,7 +791,7 @@ TEST_CASE("a submit to a key never seen before, racing shutdown, gets shutting_d
     asio::io_context ioc(2);
     auto guard = asio::make_work_guard(ioc);
     std::thread io([&] { ioc.run(); });
-    PoolConfig config = small_config();
+    PoolConfig config = TestConfig();
     config.request_timeout = 2s;  // a request the shutdown missed would end this way
     config.logger = silent;       // a log line between the flag and the keys would narrow the race
     auto script = std::make_shared<LoadScript>();

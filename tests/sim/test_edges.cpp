@@ -8,14 +8,11 @@
 #include <catch2/catch.hpp>
 
 #include "sim/manual_clock.hpp"
+#include "support.hpp"
 
 #include <boost/asio/io_context.hpp>
 
-#include <spdlog/sinks/null_sink.h>
-#include <spdlog/spdlog.h>
-
 #include <optional>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -30,10 +27,6 @@ constexpr duration never = duration::max();
 
 struct Model {};
 
-struct model_error : std::runtime_error {
-  model_error() : std::runtime_error("the model failed") {}
-};
-
 /// What a request's handler does: answer at once, after `slow`, or throw.
 struct Request {
   duration takes{};
@@ -41,9 +34,7 @@ struct Request {
 };
 
 PoolConfig edge_config(asio::io_context& ioc) {
-  static const auto silent = std::make_shared<spdlog::logger>("edges", std::make_shared<spdlog::sinks::null_sink_mt>());
-  PoolConfig config;
-  config.logger = silent;
+  PoolConfig config = test::quiet_config();
   config.compute_executor = ioc.get_executor();
   config.cold_start_workers = 1;
   config.max_workers_per_key = 1;
@@ -60,7 +51,7 @@ auto loader(duration takes = 10ms) {
 
 auto handler() {
   return [](Model&, Request request) -> asio::awaitable<int> {
-    if (request.fails) throw model_error();
+    if (request.fails) throw test::model_error("the model failed");
     if (request.takes > duration::zero()) {
       manual_timer t(co_await asio::this_coro::executor, request.takes);
       co_await t.async_wait(asio::use_awaitable);
@@ -85,7 +76,7 @@ void submit(EdgePool& pool, Request request, submitted& into) {
       if (e) std::rethrow_exception(e);
     } catch (const boost::system::system_error& error) {
       into.result = error.code();
-    } catch (const model_error&) {
+    } catch (const test::model_error&) {
       into.result = make_error_code(errc::invalid_argument);  // the handler's own: marked, and not expected here
     }
   });

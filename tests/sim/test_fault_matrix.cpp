@@ -8,15 +8,13 @@
 #include <catch2/catch.hpp>
 
 #include "sim/manual_clock.hpp"
+#include "support.hpp"
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
-
-#include <spdlog/sinks/null_sink.h>
-#include <spdlog/spdlog.h>
 
 #include <array>
 #include <optional>
@@ -169,16 +167,13 @@ outcome classify(const std::exception_ptr& e) {
 }
 
 cell_result run_cell(L load, H handler, C caller, E event) {
-  static const auto silent =
-      std::make_shared<spdlog::logger>("matrix", std::make_shared<spdlog::sinks::null_sink_mt>());
   manual_clock::reset();
   const auto t0 = manual_clock::now();
   cell_result result;
   std::optional<asio::strand<asio::any_io_executor>> worker_strand;
   {
     asio::io_context ioc(1);
-    PoolConfig config;
-    config.logger = silent;
+    PoolConfig config = test::quiet_config();
     config.compute_executor = ioc.get_executor();
     config.cold_start_workers = 1;
     config.max_workers_per_key = 1;

@@ -47,17 +47,15 @@ struct WaiterTally {
 
 /// Shuts the pool down once every waiter of a tally has an outcome.
 asio::awaitable<void> shutdown_when(IntPool& pool, WaiterTally& tally, int count) {
-  asio::steady_timer timer(co_await asio::this_coro::executor);
   while (tally.ok + tally.failed + tally.other < count) {
-    timer.expires_after(1ms);  // the test's own observer; the pool never polls
-    co_await timer.async_wait(asio::use_awaitable);
+    co_await pause(1ms);  // the test's own observer; the pool never polls
   }
   co_await pool.async_shutdown(1s, asio::use_awaitable);
 }
 
 }  // namespace
 
-TEST_CASE("a cold key is spawned once for all its waiters", "[pool]") {
+TEST_CASE("a cold key is spawned once for all its waiters", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   IntPool pool(ioc, quiet_config(), scripted_loader(script), echo_handler());
@@ -82,7 +80,7 @@ TEST_CASE("a cold key is spawned once for all its waiters", "[pool]") {
   CHECK_FALSE(pool.has_workers("bert"));  // shut down
 }
 
-TEST_CASE("a waiter's callback that throws drops none of the waiters woken with it", "[pool]") {
+TEST_CASE("a waiter's callback that throws drops none of the waiters woken with it", "[waiters]") {
   asio::io_context ioc(1);
   IntPool pool(ioc, quiet_config(), scripted_loader(std::make_shared<LoadScript>()), echo_handler());
   constexpr int waiters = 10;
@@ -94,21 +92,13 @@ TEST_CASE("a waiter's callback that throws drops none of the waiters woken with 
       if (i % 3 == 0) throw std::logic_error("callback " + std::to_string(i));
     });
   }
-  int escaped = 0;
-  const auto limit = std::chrono::steady_clock::now() + 10s;  // a dropped waiter would leave the pool running
-  while (!ioc.stopped() && std::chrono::steady_clock::now() < limit) {
-    try {
-      ioc.run_until(limit);
-    } catch (const std::logic_error&) {
-      ++escaped;
-      ioc.restart();
-    }
-  }
+  // A dropped waiter would leave the pool running, and the run would end at its limit.
+  const int escaped = run_counting_escapes<std::logic_error>(ioc, 10s);
   CHECK(escaped == 4);
   CHECK(woken == waiters);
 }
 
-TEST_CASE("10,000 waiters share one spawn wave", "[pool][stress][concurrency]") {
+TEST_CASE("10,000 waiters share one spawn wave", "[waiters][stress][concurrency]") {
   constexpr int waiters = 10'000;
   auto script = std::make_shared<LoadScript>();
   PoolConfig config = quiet_config();
@@ -161,7 +151,7 @@ TEST_CASE("10,000 waiters share one spawn wave", "[pool][stress][concurrency]") 
   }
 }
 
-TEST_CASE("a failed load fails every waiter at once, with its cause", "[pool]") {
+TEST_CASE("a failed load fails every waiter at once, with its cause", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   script->fail = true;
@@ -214,7 +204,7 @@ TEST_CASE("a failed load fails every waiter at once, with its cause", "[pool]") 
   }
 }
 
-TEST_CASE("a pool with no workers and no waiters keeps nothing armed", "[pool]") {
+TEST_CASE("a pool with no workers and no waiters keeps nothing armed", "[waiters]") {
   // io_context::run returns only once nothing is pending: no timer, no coroutine.
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
@@ -232,7 +222,7 @@ TEST_CASE("a pool with no workers and no waiters keeps nothing armed", "[pool]")
   CHECK(script->started == 2);
 }
 
-TEST_CASE("a waiter's deadline ends only that waiter", "[pool]") {
+TEST_CASE("a waiter's deadline ends only that waiter", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   script->delay = 200ms;
@@ -270,7 +260,7 @@ TEST_CASE("a waiter's deadline ends only that waiter", "[pool]") {
   }
 }
 
-TEST_CASE("cancelling one waiter leaves the wave to the others", "[pool]") {
+TEST_CASE("cancelling one waiter leaves the wave to the others", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   script->delay = 50ms;
@@ -294,8 +284,7 @@ TEST_CASE("cancelling one waiter leaves the wave to the others", "[pool]") {
         auto result = co_await (pool.async_wait_for_workers("k", 10s, asio::use_awaitable) ||
                                 first.async_wait(asio::use_awaitable));
         operators_cancelled = result.index() == 1;
-        asio::steady_timer later(co_await asio::this_coro::executor, 200ms);
-        co_await later.async_wait(asio::use_awaitable);
+        co_await pause(200ms);
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
       asio::detached);
@@ -308,7 +297,7 @@ TEST_CASE("cancelling one waiter leaves the wave to the others", "[pool]") {
   CHECK(script->finished == 2);
 }
 
-TEST_CASE("bad arguments are errors, not undefined behaviour", "[pool]") {
+TEST_CASE("bad arguments are errors, not undefined behaviour", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   IntPool pool(ioc, quiet_config(), scripted_loader(script), echo_handler());
@@ -329,7 +318,7 @@ TEST_CASE("bad arguments are errors, not undefined behaviour", "[pool]") {
   CHECK_THROWS_AS(IntPool(ioc, no_timeout, scripted_loader(script), echo_handler()), boost::system::system_error);
 }
 
-TEST_CASE("shutdown fails waiters, refuses new ones and cancels loads", "[pool]") {
+TEST_CASE("shutdown fails waiters, refuses new ones and cancels loads", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   script->delay = 1h;  // only cancellation ends these loads
@@ -342,8 +331,7 @@ TEST_CASE("shutdown fails waiters, refuses new ones and cancels loads", "[pool]"
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
-        asio::steady_timer timer(co_await asio::this_coro::executor, 10ms);
-        co_await timer.async_wait(asio::use_awaitable);
+        co_await pause(10ms);
         pool.async_shutdown(50ms, [&](boost::system::error_code ec) { shutdown_result = ec; });
         pool.async_wait_for_workers("k", 1h, [&](boost::system::error_code ec) { after_shutdown = ec; });
         co_await pool.async_shutdown(0s, asio::use_awaitable);
@@ -359,7 +347,7 @@ TEST_CASE("shutdown fails waiters, refuses new ones and cancels loads", "[pool]"
   CHECK(script->cancelled == 2);
 }
 
-TEST_CASE("loads finishing within the shutdown deadline are kept until they end", "[pool]") {
+TEST_CASE("loads finishing within the shutdown deadline are kept until they end", "[waiters]") {
   asio::io_context ioc;
   auto script = std::make_shared<LoadScript>();
   script->delay = 20ms;
@@ -372,7 +360,7 @@ TEST_CASE("loads finishing within the shutdown deadline are kept until they end"
   CHECK_FALSE(pool.has_workers("k"));
 }
 
-TEST_CASE("destroying a pool at any point is safe", "[pool][concurrency]") {
+TEST_CASE("destroying a pool at any point is safe", "[waiters][concurrency]") {
   auto script = std::make_shared<LoadScript>();
   script->delay = 1h;
 
@@ -414,7 +402,7 @@ TEST_CASE("destroying a pool at any point is safe", "[pool][concurrency]") {
   }
 }
 
-TEST_CASE("waiting blocks no thread", "[pool]") {
+TEST_CASE("waiting blocks no thread", "[waiters]") {
   // One thread. The load ends only when a ticker on that same thread has
   // ticked 20 times while 1,000 callers wait: if any wait blocked the thread,
   // the ticker could not tick, the load would never end, and the watchdog fails.
@@ -436,11 +424,7 @@ TEST_CASE("waiting blocks no thread", "[pool]") {
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
-        asio::steady_timer tick(co_await asio::this_coro::executor);
-        for (; ticks < 20; ++ticks) {
-          tick.expires_after(1ms);
-          co_await tick.async_wait(asio::use_awaitable);
-        }
+        for (; ticks < 20; ++ticks) co_await pause(1ms);
         CHECK(tally.ok == 0);  // still waiting, and we ran anyway
         release->cancel();
       },
@@ -452,7 +436,7 @@ TEST_CASE("waiting blocks no thread", "[pool]") {
   CHECK(loads == 2);
 }
 
-TEST_CASE("completion tokens and executors", "[pool][concurrency]") {
+TEST_CASE("completion tokens and executors", "[waiters][concurrency]") {
   auto script = std::make_shared<LoadScript>();
   asio::io_context ioc;
   IntPool pool(ioc, quiet_config(), scripted_loader(script), echo_handler());
@@ -505,7 +489,7 @@ TEST_CASE("completion tokens and executors", "[pool][concurrency]") {
   }
 }
 
-TEST_CASE("every waiter completes exactly once while cancellations race the wave", "[pool][stress][concurrency]") {
+TEST_CASE("every waiter completes exactly once while cancellations race the wave", "[waiters][stress][concurrency]") {
   constexpr int waiters = 4000;
   asio::io_context ioc(2);
   auto script = std::make_shared<LoadScript>();
@@ -544,10 +528,8 @@ TEST_CASE("every waiter completes exactly once while cancellations race the wave
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
-        asio::steady_timer timer(co_await asio::this_coro::executor);
         while (completed.load() < waiters) {
-          timer.expires_after(1ms);  // the test's own observer; the pool never polls
-          co_await timer.async_wait(asio::use_awaitable);
+          co_await pause(1ms);  // the test's own observer; the pool never polls
         }
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
