@@ -8,11 +8,14 @@
 using namespace coropool;
 using namespace coropool::test;
 
-TEST_CASE("the README's quick start runs", "[readme]") { CHECK(readme_snippet_1::main() == 0); }
+// Each C++ block of the README is compiled into readme_snippet_<name>, after
+// the `<!-- snippet: name -->` comment above it (cmake/readme-snippets.cmake).
+
+TEST_CASE("the README's quick start runs", "[readme]") { CHECK(readme_snippet_quick_start::main() == 0); }
 
 TEST_CASE("the README's waiting snippet runs", "[readme]") {
   asio::io_context ioc;
-  auto config = readme_snippet_2::snippet_config();
+  auto config = readme_snippet_waiting::snippet_config();
   config.logger = quiet_config().logger;
   auto script = std::make_shared<LoadScript>();
   IntPool pool(ioc, config, scripted_loader(script), echo_handler());
@@ -20,7 +23,7 @@ TEST_CASE("the README's waiting snippet runs", "[readme]") {
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
-        co_await readme_snippet_2::wait_in_every_form(pool);
+        co_await readme_snippet_waiting::wait_in_every_form(pool);
         finished = true;
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
@@ -38,7 +41,7 @@ TEST_CASE("the README's submitting snippet runs", "[readme]") {
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
-        sum = co_await readme_snippet_3::submit_in_every_form(pool);
+        sum = co_await readme_snippet_submitting::submit_in_every_form(pool);
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
       asio::detached);
@@ -48,14 +51,17 @@ TEST_CASE("the README's submitting snippet runs", "[readme]") {
 
 TEST_CASE("the README's streams snippet runs", "[readme]") {
   asio::io_context ioc;
-  auto pool = readme_snippet_4::make_llm_pool(
-      ioc, [](const std::string&) -> asio::awaitable<readme_snippet_4::Llm> { co_return readme_snippet_4::Llm{}; },
-      [](readme_snippet_4::Llm&, std::string s) -> asio::awaitable<std::string> { co_return s; });
+  auto pool = readme_snippet_streams::make_llm_pool(
+      ioc,
+      [](const std::string&) -> asio::awaitable<readme_snippet_streams::Llm> {
+        co_return readme_snippet_streams::Llm{};
+      },
+      [](readme_snippet_streams::Llm&, std::string s) -> asio::awaitable<std::string> { co_return s; });
   int chunks = 0;
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
-        chunks = co_await readme_snippet_4::read_stream(pool);
+        chunks = co_await readme_snippet_streams::read_stream(pool);
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
       asio::detached);
@@ -65,7 +71,7 @@ TEST_CASE("the README's streams snippet runs", "[readme]") {
 
 TEST_CASE("the README's blocking-code snippet runs", "[readme]") {
   asio::io_context ioc;
-  readme_snippet_5::Scorer scorer(ioc);
+  readme_snippet_blocking::Scorer scorer(ioc);
   int score = 0;
   asio::co_spawn(
       ioc,
@@ -80,7 +86,7 @@ TEST_CASE("the README's blocking-code snippet runs", "[readme]") {
 
 TEST_CASE("the README's operating snippet runs", "[readme][lifecycle]") {
   asio::io_context ioc;
-  auto config = readme_snippet_6::operated_config();
+  auto config = readme_snippet_operating::operated_config();
   config.logger = quiet_config().logger;
   auto script = std::make_shared<LoadScript>();
   IntPool pool(ioc, config, scripted_loader(script), echo_handler());
@@ -89,7 +95,7 @@ TEST_CASE("the README's operating snippet runs", "[readme][lifecycle]") {
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
-        metrics = co_await readme_snippet_6::operate(pool);
+        metrics = co_await readme_snippet_operating::operate(pool);
         left_after_evict = pool.live_worker_count("bert");
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
@@ -105,5 +111,5 @@ TEST_CASE("the README's operating snippet runs", "[readme][lifecycle]") {
 }
 
 TEST_CASE("the README's io_context-per-core snippet runs", "[readme][concurrency]") {
-  CHECK(readme_snippet_7::serve_on_every_core(2) == 84);
+  CHECK(readme_snippet_context_per_core::serve_on_every_core(2) == 84);
 }
