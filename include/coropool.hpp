@@ -3,6 +3,10 @@
 /// @file
 /// The umbrella header: everything coropool offers.
 
+/// @namespace coropool
+/// Keyed pools of coroutine workers on Boost.Asio: Pool and its
+/// configuration, statistics, streams and errors. `coropool::detail` is not API.
+
 #include "coropool/config.hpp"
 #include "coropool/error.hpp"
 #include "coropool/offload.hpp"

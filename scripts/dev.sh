@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libclang-rt-14-dev holds clang's sanitizer and libFuzzer runtimes, which clang only recommends.
-packages=(cmake ninja-build g++ clang libclang-rt-14-dev clang-format git libboost1.81-dev libspdlog-dev catch2)
+packages=(cmake ninja-build g++ clang libclang-rt-14-dev clang-format doxygen git libboost1.81-dev libspdlog-dev catch2)
 
 install_missing() {
   local missing=()

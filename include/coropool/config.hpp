@@ -61,7 +61,8 @@ struct PoolConfig {
   /// (a warm key). At most `max_workers_per_key`.
   std::size_t min_workers_per_key = 0;
 
-  /// Keys spawned when the pool is constructed, before any request.
+  /// Keys spawned when the pool is constructed, before any request (none may
+  /// be empty). They are warm: kept at `min_workers_per_key` afterwards.
   std::vector<std::string> warm_keys;
 
   /// How often the pool pings each loaded worker (positive).

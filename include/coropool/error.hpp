@@ -66,28 +66,58 @@ class error_category final : public boost::system::error_category {
 
 }  // namespace detail
 
-/// The category of `coropool::errc`.
+/// The category of `coropool::errc`, named `"coropool"`.
+///
+/// @return The one instance. Its fixed id makes it compare equal across
+/// shared objects that each hold a copy of this header's code.
 inline const boost::system::error_category& error_category() noexcept {
   static const detail::error_category category;
   return category;
 }
 
-/// Makes an `error_code` of `coropool::error_category()`.
+/// Makes an `error_code` of `coropool::error_category()`; it also lets an
+/// `errc` convert to `boost::system::error_code` and compare with one.
+///
+/// @param e The error.
+/// @return `{static_cast<int>(e), coropool::error_category()}`.
 inline boost::system::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
 
 /// Thrown by the awaitable conveniences when a spawn wave failed: a
 /// `system_error` with `errc::spawn_failed` whose `what()` names the key and
 /// the loader's message, and whose `cause()` is the loader's own exception.
+///
+/// The pool makes one per failed wave and hands the same exception to every
+/// caller that waited on the wave.
+///
+/// @code
+/// try {
+///   co_await pool.wait_for_workers("bert");
+/// } catch (const coropool::spawn_error& e) {
+///   std::cerr << e.what() << '\n';      // key 'bert': <the loader's message>
+///   std::rethrow_exception(e.cause());  // the loader's own exception, unchanged
+/// }
+/// @endcode
 class spawn_error : public boost::system::system_error {
  public:
+  /// Makes the error of `key`'s failed wave.
+  ///
+  /// @param key   The key whose loads failed; named in `what()`.
+  /// @param cause The exception of the load that failed last; may be null.
   spawn_error(const std::string& key, std::exception_ptr cause)
       : boost::system::system_error(make_error_code(errc::spawn_failed), "key '" + key + "': " + describe(cause)),
         cause_(std::move(cause)) {}
 
   /// The exception the loader threw.
+  ///
+  /// @return The cause given at construction: the loader's exception, or
+  /// null when none was recorded.
   const std::exception_ptr& cause() const noexcept { return cause_; }
 
   /// The message of an exception, or a placeholder for one that is not a `std::exception`.
+  ///
+  /// @param e The exception; may be null.
+  /// @return `e`'s `what()`; `"unknown exception"` when `e` is not a
+  /// `std::exception`; `"no cause recorded"` when `e` is null.
   static std::string describe(const std::exception_ptr& e) {
     if (!e) return "no cause recorded";
     try {

@@ -67,6 +67,13 @@ struct offload_initiation {
 /// does not return). `fn` runs to its end once started: cancelling the
 /// caller does not interrupt it.
 ///
+/// @param ex The executor `fn` runs on (any Asio executor).
+/// @param fn  The callable, invoked once with no arguments; it is moved (or
+///            copied) into offload's own coroutine frame, which lives until it has run.
+/// @return An awaitable of `fn`'s result (`void` when `fn` returns nothing),
+/// delivered on the caller's executor.
+/// @throws whatever `fn` threw, rethrown in the caller's coroutine.
+///
 /// @par Thread Safety
 /// `fn` runs on a thread of `ex`, concurrently with the caller's executor:
 /// what it touches must be safe to touch from there.

@@ -63,6 +63,10 @@ class Pool {
 
   /// Constructs a pool on an executor.
   ///
+  /// Without `stream_handle`, submit_stream()'s streams end with
+  /// `errc::invalid_argument`. Warm keys (`PoolConfig::warm_keys`) start
+  /// loading on the pool's executor, not inside the constructor.
+  ///
   /// @param ex     The executor workers run on; any Asio executor (an
   ///               `io_context`'s, a `thread_pool`'s, a strand).
   /// @param config The pool's configuration.
@@ -74,8 +78,9 @@ class Pool {
   ///               writing their chunks.
   ///
   /// @throws boost::system::system_error with `errc::invalid_argument` when
-  /// `config` is out of range (no cold-start workers, more of them than
-  /// `max_workers_per_key`, a zero capacity, a non-positive timeout).
+  /// `config` is out of the range each PoolConfig field states (no cold-start
+  /// workers, more of them than `max_workers_per_key`, a zero capacity or
+  /// stream buffer, a non-positive duration, an empty warm key...).
   template <class Executor, class Load, class Handle, class StreamHandle = detail::no_stream_handler>
   requires asio::execution::executor<Executor> || asio::is_executor<Executor>::value Pool(
       const Executor& ex, PoolConfig config, Load load, Handle handle, StreamHandle stream_handle = {})
@@ -84,6 +89,17 @@ class Pool {
                                             std::move(load), std::move(handle), std::move(stream_handle)))) {}
 
   /// Constructs a pool on an execution context's executor (an `io_context`, a `thread_pool`).
+  ///
+  /// @param context Its `get_executor()` is the pool's executor; it must
+  ///                outlive the pool.
+  /// @param config  The pool's configuration.
+  /// @param load    Loads one worker's model, as in the constructor above.
+  /// @param handle  Serves a request, as in the constructor above.
+  /// @param stream_handle Optional: serves submit_stream()'s requests, as in
+  ///                the constructor above.
+  ///
+  /// @throws boost::system::system_error with `errc::invalid_argument` when
+  /// `config` is out of range.
   template <class ExecutionContext, class Load, class Handle, class StreamHandle = detail::no_stream_handler>
   requires std::is_convertible_v<ExecutionContext&, asio::execution_context&> Pool(ExecutionContext& context,
                                                                                    PoolConfig config, Load load,
@@ -93,6 +109,8 @@ class Pool {
 
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
+  /// Moves the pool; the moved-from Pool may only be destroyed (which then
+  /// does nothing).
   Pool(Pool&&) noexcept = default;
   Pool& operator=(Pool&&) = delete;
 
@@ -102,38 +120,73 @@ class Pool {
   }
 
   /// The executor the pool was constructed with.
+  ///
+  /// @return The executor workers and timers run on, as given (type-erased).
   executor_type get_executor() const noexcept { return core_->get_executor(); }
 
   /// The pool's configuration.
+  ///
+  /// @return The configuration given at construction; it never changes.
   const PoolConfig& config() const noexcept { return core_->config(); }
 
   /// Whether `key` has at least one worker ready to serve.
+  ///
+  /// @param key The key.
+  /// @return `worker_count(key) > 0`. Never spawns anything.
   ///
   /// @par Thread Safety
   /// Any thread; the answer is a snapshot.
   bool has_workers(const std::string& key) const { return core_->ready_workers(key) > 0; }
 
   /// How many workers of `key` are ready to serve (loaded and not stopping).
+  ///
+  /// @param key The key.
+  /// @return The count; 0 for a key the pool has not seen.
+  ///
+  /// @par Thread Safety
+  /// Any thread; the answer is a snapshot.
   std::size_t worker_count(const std::string& key) const { return core_->ready_workers(key); }
 
   /// A snapshot of the pool's statistics, per key and in total (see
   /// PoolStats, to_prometheus).
   ///
+  /// @return The snapshot, a value of the caller's.
+  ///
   /// @par Thread Safety
-  /// Any thread. Each key's figures are consistent with each other; keys
-  /// are read one after another.
+  /// Any thread; it changes nothing. A key's queue figures, request
+  /// counters, breaker and latency are read together under its queue's lock
+  /// and reconcile; its workers by state, waiters, load, eviction, restart
+  /// and death counters and memory are read just before. Keys are read one
+  /// after another.
   PoolStats stats() const { return core_->stats(); }
 
   /// How many workers of `key` exist, loading or serving.
+  ///
+  /// @param key The key.
+  /// @return The count, which includes loading workers and excludes those
+  /// already told to stop; 0 for a key the pool has not seen.
+  ///
+  /// @par Thread Safety
+  /// Any thread; the answer is a snapshot.
   std::size_t live_worker_count(const std::string& key) const { return core_->live_workers(key); }
 
   /// How many requests of `key` wait in its queue for a worker; at most
   /// `PoolConfig::queue_capacity` (callers waiting for room are not counted).
+  ///
+  /// @param key The key.
+  /// @return The count; 0 for a key the pool has not seen.
+  ///
+  /// @par Thread Safety
+  /// Any thread; the answer is a snapshot.
   std::size_t queued_requests(const std::string& key) const { return core_->queued_requests(key); }
 
   /// The executor for blocking model code: `PoolConfig::compute_executor`, or
   /// the pool's own `asio::thread_pool` of `PoolConfig::compute_threads`
   /// threads. `load` and `handle` hop onto it and back with coropool::offload.
+  ///
+  /// @return The executor. A thread pool the pool made itself is joined and
+  /// destroyed with the pool's internals, once the Pool is gone and its
+  /// last worker has ended: do not use its executor beyond that.
   executor_type compute_executor() const noexcept { return core_->compute_executor(); }
 
   /// Submits a request to one of `key`'s workers and waits for its answer.
@@ -168,8 +221,17 @@ class Pool {
   /// Response must be default constructible, as for `co_spawn`. The handler
   /// runs on its associated executor, never inside the pool.
   ///
+  /// @return What `token` makes of the operation (see `asio::async_result`):
+  /// nothing for a plain handler, an awaitable for `asio::use_awaitable`.
+  ///
   /// @par Thread Safety
   /// Any thread.
+  ///
+  /// @code
+  /// pool.async_submit("bert", request, [](std::exception_ptr e, std::string response) {
+  ///   if (!e) std::cout << response << '\n';
+  /// });
+  /// @endcode
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
   auto async_submit(std::string key, Request request,
                     CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
@@ -179,6 +241,22 @@ class Pool {
 
   /// async_submit() that never waits for room: when the key's queue is full
   /// it completes at once (on the handler's executor) with `errc::queue_full`.
+  ///
+  /// @param key     The key; must not be empty.
+  /// @param request What `handle` receives.
+  /// @param token   The completion token.
+  ///
+  /// @par Completion Signature
+  /// @code void(std::exception_ptr, Response) @endcode
+  /// As async_submit()'s, with a `system_error` of `errc::queue_full` where
+  /// async_submit() would wait for room. A refused request is counted in
+  /// KeyStats::rejected and never reaches `handle`.
+  ///
+  /// @return What `token` makes of the operation (see `asio::async_result`):
+  /// nothing for a plain handler, an awaitable for `asio::use_awaitable`.
+  ///
+  /// @par Thread Safety
+  /// Any thread.
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
   auto async_try_submit(std::string key, Request request,
                         CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
@@ -188,6 +266,13 @@ class Pool {
 
   /// Submits a request and returns the worker's Response.
   ///
+  /// async_submit() with `asio::use_awaitable`: it waits for room when the
+  /// key's queue is full.
+  ///
+  /// @param key     The key; must not be empty.
+  /// @param request What `handle` receives.
+  /// @return An awaitable of the Response `handle` returned.
+  ///
   /// @throws whatever `handle` threw, unchanged.
   /// @throws boost::system::system_error for the errors of async_submit(),
   /// spawn_error when the key's spawn wave failed.
@@ -196,6 +281,12 @@ class Pool {
   }
 
   /// submit() that fails at once with `errc::queue_full` instead of waiting for room.
+  ///
+  /// @param key     The key; must not be empty.
+  /// @param request What `handle` receives.
+  /// @return An awaitable of the Response `handle` returned.
+  /// @throws boost::system::system_error with `errc::queue_full` when the
+  /// key's queue is full; otherwise as submit().
   asio::awaitable<Response> try_submit(std::string key, Request request) {
     return async_try_submit(std::move(key), std::move(request), asio::use_awaitable);
   }
@@ -225,6 +316,18 @@ class Pool {
   ///   cancellation slot (any type); the wave goes on for other callers.
   ///
   /// The handler runs on its associated executor (defaulting to the pool's), never inline.
+  ///
+  /// @return What `token` makes of the operation (see `asio::async_result`):
+  /// nothing for a plain handler, an awaitable for `asio::use_awaitable`.
+  ///
+  /// @par Thread Safety
+  /// Any thread.
+  ///
+  /// @code
+  /// pool.async_wait_for_workers("bert", std::chrono::seconds(5), [](coropool::error_code ec) {
+  ///   if (ec == coropool::errc::spawn_timeout) std::cerr << "bert is still loading\n";
+  /// });
+  /// @endcode
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
   auto async_wait_for_workers(std::string key, clock::duration timeout,
                               CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
@@ -236,6 +339,16 @@ class Pool {
   }
 
   /// async_wait_for_workers() with `PoolConfig::spawn_timeout` as the timeout.
+  ///
+  /// @param key   The key; must not be empty.
+  /// @param token The completion token.
+  ///
+  /// @par Completion Signature
+  /// @code void(boost::system::error_code) @endcode
+  /// As the other overload's.
+  ///
+  /// @return What `token` makes of the operation (see `asio::async_result`):
+  /// nothing for a plain handler, an awaitable for `asio::use_awaitable`.
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
   auto async_wait_for_workers(std::string key,
                               CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
@@ -243,6 +356,10 @@ class Pool {
   }
 
   /// Waits until `key` has a worker ready, as async_wait_for_workers().
+  ///
+  /// @param key     The key; must not be empty.
+  /// @param timeout How long to wait; must be positive.
+  /// @return An awaitable that completes once a worker of `key` is ready.
   ///
   /// @throws spawn_error when the spawn wave failed: its `cause()` is the
   /// loader's exception, its `what()` names the key and the loader's message.
@@ -257,6 +374,10 @@ class Pool {
   }
 
   /// wait_for_workers() with `PoolConfig::spawn_timeout` as the timeout.
+  ///
+  /// @param key The key; must not be empty.
+  /// @return An awaitable that completes once a worker of `key` is ready.
+  /// @throws spawn_error, boost::system::system_error as the other overload.
   asio::awaitable<void> wait_for_workers(std::string key) {
     return wait_for_workers(std::move(key), config().spawn_timeout);
   }
@@ -273,6 +394,10 @@ class Pool {
   /// its handler returns, its reader leaves, or shutdown's deadline);
   /// `errc::shutting_down`, `errc::invalid_argument`, a spawn_error.
   /// Destroying the Stream withdraws a queued request, or stops the writer.
+  ///
+  /// @param key     The key; must not be empty.
+  /// @param request What `stream_handle` receives.
+  /// @return The caller's end of the stream, to read with Stream::next().
   ///
   /// @par Thread Safety
   /// Any thread.
@@ -304,7 +429,15 @@ class Pool {
   /// @code void(boost::system::error_code) @endcode
   /// Success; `errc::spawn_failed` when a load failed and fewer workers are
   /// ready than asked; `errc::memory_exhausted` when the memory budget had
-  /// no room for them; `errc::invalid_argument`; `errc::shutting_down`.
+  /// no room for them; `errc::invalid_argument` (an empty key, or `workers`
+  /// above `max_workers_per_key`); `errc::shutting_down`.
+  ///
+  /// @return What `token` makes of the operation (see `asio::async_result`):
+  /// nothing for a plain handler, an awaitable for `asio::use_awaitable`.
+  ///
+  /// @code
+  /// co_await pool.async_scale("bert", 4, asio::use_awaitable);
+  /// @endcode
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
   auto async_scale(std::string key, std::size_t workers,
                    CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
@@ -316,10 +449,20 @@ class Pool {
   /// old workers are gone. Minimum workers are not refilled for an evicted
   /// key until it is used again.
   ///
+  /// Loading workers finish their load and leave in turn. Evicting a key
+  /// without workers completes at once.
+  ///
+  /// @param key   The key; must not be empty.
+  /// @param token The completion token.
+  ///
   /// @par Completion Signature
   /// @code void(boost::system::error_code) @endcode
-  /// Success once every worker of the key has stopped; `errc::invalid_argument`;
-  /// `errc::shutting_down`.
+  /// Success once every worker of the key has stopped; `errc::invalid_argument`
+  /// (an empty key); `errc::shutting_down` (asked for, or still waiting, once
+  /// shutdown began).
+  ///
+  /// @return What `token` makes of the operation (see `asio::async_result`):
+  /// nothing for a plain handler, an awaitable for `asio::use_awaitable`.
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
   auto async_evict(std::string key, CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
     return async_command(detail::command::kind::evict, std::move(key), 0, std::forward<CompletionToken>(token));
@@ -330,27 +473,49 @@ class Pool {
   /// for that time), then the worker it replaces leaves after its current
   /// request.
   ///
+  /// Restarting a key without workers completes at once.
+  ///
+  /// @param key   The key; must not be empty.
+  /// @param token The completion token.
+  ///
   /// @par Completion Signature
   /// @code void(boost::system::error_code) @endcode
   /// Success once every worker present at the call has been replaced;
   /// `errc::spawn_failed` when a replacement failed to load (the workers not
   /// yet replaced keep serving); `errc::memory_exhausted` when the budget has
   /// no room for a replacement beside the worker it replaces (nothing is
-  /// evicted for it); `errc::invalid_argument`; `errc::shutting_down`.
+  /// evicted for it); `errc::invalid_argument` (an empty key);
+  /// `errc::shutting_down` (asked for, or still under way, once shutdown began).
+  ///
+  /// @return What `token` makes of the operation (see `asio::async_result`):
+  /// nothing for a plain handler, an awaitable for `asio::use_awaitable`.
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
   auto async_restart(std::string key, CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
     return async_command(detail::command::kind::restart, std::move(key), 0, std::forward<CompletionToken>(token));
   }
 
-  /// async_scale() for coroutines. @throws boost::system::system_error on error.
+  /// async_scale() for coroutines.
+  ///
+  /// @param key     The key; must not be empty.
+  /// @param workers The target, at most `PoolConfig::max_workers_per_key`.
+  /// @return An awaitable that completes when async_scale() would.
+  /// @throws boost::system::system_error with async_scale()'s error.
   asio::awaitable<void> scale(std::string key, std::size_t workers) {
     return async_scale(std::move(key), workers, asio::use_awaitable);
   }
 
-  /// async_evict() for coroutines. @throws boost::system::system_error on error.
+  /// async_evict() for coroutines.
+  ///
+  /// @param key The key; must not be empty.
+  /// @return An awaitable that completes when async_evict() would.
+  /// @throws boost::system::system_error with async_evict()'s error.
   asio::awaitable<void> evict(std::string key) { return async_evict(std::move(key), asio::use_awaitable); }
 
-  /// async_restart() for coroutines. @throws boost::system::system_error on error.
+  /// async_restart() for coroutines.
+  ///
+  /// @param key The key; must not be empty.
+  /// @return An awaitable that completes when async_restart() would.
+  /// @throws boost::system::system_error with async_restart()'s error.
   asio::awaitable<void> restart(std::string key) { return async_restart(std::move(key), asio::use_awaitable); }
 
   /// Shuts the pool down.
@@ -371,7 +536,19 @@ class Pool {
   ///
   /// @par Completion Signature
   /// @code void(boost::system::error_code) @endcode
-  /// Completes, with success, once every coroutine of the pool has finished.
+  /// Completes, with success, once every worker's coroutine has ended
+  /// (at once when the pool has none). Every caller of async_shutdown() is
+  /// completed then, whichever deadline each asked for.
+  ///
+  /// @return What `token` makes of the operation (see `asio::async_result`):
+  /// nothing for a plain handler, an awaitable for `asio::use_awaitable`.
+  ///
+  /// @par Thread Safety
+  /// Any thread, any number of times.
+  ///
+  /// @code
+  /// co_await pool.async_shutdown(std::chrono::seconds(10), asio::use_awaitable);
+  /// @endcode
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
   auto async_shutdown(clock::duration deadline,
                       CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {

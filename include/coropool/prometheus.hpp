@@ -47,6 +47,18 @@ inline std::string format_number(double v) {
 /// a `# HELP` and a `# TYPE` line per metric, counters named `_total`,
 /// per-key series labelled `key="..."` (escaped), the latency histogram with
 /// cumulative `le` buckets in seconds.
+///
+/// Pool-wide figures have no `key` label: `<prefix>_memory_budget_bytes`, and
+/// `<prefix>_requests_refused_total` for PoolStats::rejected.
+///
+/// @param stats  The snapshot to render.
+/// @param prefix What every metric's name starts with, before an underscore.
+/// @return The exposition text, one sample per line, ending in a newline:
+/// what a `/metrics` endpoint serves.
+///
+/// @code
+/// std::string body = coropool::to_prometheus(pool.stats());  // coropool_workers{key="bert",state="idle"} 2 ...
+/// @endcode
 inline std::string to_prometheus(const PoolStats& stats, std::string_view prefix = "coropool") {
   std::string out;
   const std::string p(prefix);

@@ -16,10 +16,17 @@
 
 namespace coropool {
 
-/// A key's circuit breaker state.
-enum class breaker_state : unsigned char { closed, open, half_open };
+/// A key's circuit breaker state (see PoolConfig::failure_threshold).
+enum class breaker_state : unsigned char {
+  closed,    ///< Requests pass; consecutive failures are counted.
+  open,      ///< Everything is refused with `errc::circuit_open` for `PoolConfig::open_duration`.
+  half_open  ///< `PoolConfig::half_open_probes` requests pass as probes; the rest are refused.
+};
 
-/// The state's name, lower case.
+/// The state's name, lower case, as `to_prometheus` writes it.
+///
+/// @param s The state.
+/// @return `"closed"`, `"open"` or `"half_open"`.
 constexpr std::string_view to_string(breaker_state s) noexcept {
   switch (s) {
     case breaker_state::closed:
@@ -35,17 +42,35 @@ constexpr std::string_view to_string(breaker_state s) noexcept {
 /// Request latencies (submission to answer) in power-of-two buckets of
 /// microseconds: bucket i counts latencies in [2^(i-1), 2^i) µs (bucket 0:
 /// below 1 µs; the last: everything longer).
+///
+/// A plain value: `Pool::stats()` copies each key's into its snapshot.
+///
+/// @code
+/// const coropool::KeyStats& k = pool.stats().keys.at("bert");
+/// std::cout << "p99 <= " << k.latency.quantile_us(0.99) << " us of " << k.latency.count << '\n';
+/// @endcode
 struct LatencyHistogram {
+  /// The number of buckets: the last starts at 2^30 µs (about 18 minutes).
   static constexpr std::size_t bucket_count = 32;
+  /// How many latencies fell into each bucket (not cumulative).
   std::array<std::uint64_t, bucket_count> buckets{};
+  /// How many latencies were recorded: the sum of `buckets`.
   std::uint64_t count = 0;
+  /// The sum of every latency recorded, in microseconds (the mean is `sum_us / count`).
   double sum_us = 0;
 
   /// The bucket's upper bound in microseconds.
+  ///
+  /// @param bucket The bucket's index, below `bucket_count`.
+  /// @return 2^bucket. The last bucket's is nominal: it also counts every
+  /// longer latency (Prometheus's `+Inf`).
   static constexpr double upper_bound_us(std::size_t bucket) noexcept {
     return static_cast<double>(std::uint64_t{1} << bucket);
   }
 
+  /// Counts one latency in its bucket, `count` and `sum_us`.
+  ///
+  /// @param us The latency in microseconds; below 1 (negative included) goes to bucket 0.
   void record(double us) noexcept {
     const auto whole = us < 1 ? std::uint64_t{0} : static_cast<std::uint64_t>(us);
     std::size_t bucket = static_cast<std::size_t>(std::bit_width(whole));
@@ -56,6 +81,10 @@ struct LatencyHistogram {
   }
 
   /// The upper bound of the bucket holding quantile `q` (0 < q <= 1); 0 when empty.
+  ///
+  /// @param q The quantile: 0.5 for the median, 0.99 for p99.
+  /// @return The upper bound, in microseconds, of the bucket in which the
+  /// `q`-quantile latency lies; 0 when nothing was recorded.
   double quantile_us(double q) const noexcept {
     if (count == 0) return 0;
     const auto rank = static_cast<std::uint64_t>(q * static_cast<double>(count) + 0.999999);
@@ -67,6 +96,10 @@ struct LatencyHistogram {
     return upper_bound_us(bucket_count - 1);
   }
 
+  /// Adds `other`'s counts to this histogram's, as PoolStats::total() sums the keys.
+  ///
+  /// @param other The histogram to add.
+  /// @return `*this`.
   LatencyHistogram& operator+=(const LatencyHistogram& other) noexcept {
     for (std::size_t i = 0; i < bucket_count; ++i) buckets[i] += other.buckets[i];
     count += other.count;
@@ -76,40 +109,89 @@ struct LatencyHistogram {
 };
 
 /// One key's counters (since the pool was constructed) and gauges (now).
+///
+/// The request counters reconcile: `submitted` equals `completed + failed +
+/// timed_out + cancelled` plus the requests not completed yet (queued,
+/// waiting for room or being handled). Each caller is counted once, in the
+/// bucket named after what it saw; `rejected` callers were never submitted.
 struct KeyStats {
-  std::array<std::size_t, worker_state_count> workers{};  ///< Workers by worker_state.
-  std::size_t queued = 0;                                 ///< Requests in the queue.
-  std::size_t waiting_for_room = 0;                       ///< Callers held back by a full queue.
-  std::size_t waiters = 0;                                ///< Callers in wait_for_workers.
-  std::size_t in_flight = 0;                              ///< Requests being handled.
-  std::uint64_t submitted = 0;                            ///< Requests accepted into the key.
-  std::uint64_t completed = 0;                            ///< Answered with a Response.
-  std::uint64_t failed = 0;     ///< Answered with the handler's exception, or a pool error not counted below.
-  std::uint64_t timed_out = 0;  ///< Completed with errc::request_timeout.
-  std::uint64_t cancelled = 0;  ///< Cancelled by their callers.
-  std::uint64_t rejected = 0;   ///< Refused: queue_full, circuit_open, shutting_down.
-  std::uint64_t loads = 0;      ///< Loads started.
+  /// Workers whose coroutine runs, by worker_state (index with
+  /// workers_in()). A worker leaves the count when its coroutine ends, before
+  /// it is marked failed or dead: those two entries read 0.
+  std::array<std::size_t, worker_state_count> workers{};
+  std::size_t queued = 0;            ///< Requests in the queue, waiting for a worker.
+  std::size_t waiting_for_room = 0;  ///< Callers held back by a full queue.
+  std::size_t waiters = 0;           ///< Callers in wait_for_workers.
+  std::size_t in_flight = 0;         ///< Requests being handled: the workers in worker_state::processing.
+  std::uint64_t submitted = 0;       ///< Requests accepted into the key.
+  /// Requests a worker answered with a Response; a stream counts here once a
+  /// worker has started it (what it ends with is in-band).
+  std::uint64_t completed = 0;
+  /// Requests answered with the handler's exception, or completed by the pool
+  /// with an error after their acceptance that has no counter of its own
+  /// (`worker_lost`, `shutting_down`, `spawn_failed`, `memory_exhausted`).
+  std::uint64_t failed = 0;
+  /// Requests completed with errc::request_timeout, whether the key's timer
+  /// or the health sweep (a worker stuck past the deadline) ended them.
+  std::uint64_t timed_out = 0;
+  /// Requests completed with `operation_aborted`: cancelled by their callers,
+  /// or withdrawn by a Stream's close().
+  std::uint64_t cancelled = 0;
+  std::uint64_t rejected = 0;  ///< Refused on arrival: queue_full, circuit_open, shutting_down.
+  std::uint64_t loads = 0;     ///< Loads started (spawn waves, scale-up, refills, restarts).
+  /// Loads that ended without a model (`load` threw) while the pool was not
+  /// shutting down.
   std::uint64_t load_failures = 0;
-  std::uint64_t evictions = 0;  ///< Workers stopped by idle eviction, evict() or the memory governor.
-  std::uint64_t restarts = 0;   ///< Workers replaced by restart().
-  std::uint64_t deaths = 0;     ///< Workers declared dead, or whose coroutine died.
+  /// Workers stopped by idle eviction or by the memory governor (one each),
+  /// plus one for each evict() of the key, however many workers it stopped.
+  std::uint64_t evictions = 0;
+  /// Replacements restart() started: counted when the replacement's load
+  /// starts, whether or not it succeeds.
+  std::uint64_t restarts = 0;
+  std::uint64_t deaths = 0;  ///< Workers declared dead by the health sweep, or whose coroutine died.
+  /// The key's circuit breaker now. An open breaker whose
+  /// `PoolConfig::open_duration` has passed reads as half_open, as the next
+  /// request will find it (taking the snapshot changes nothing).
   breaker_state breaker = breaker_state::closed;
   std::uint64_t breaker_opened = 0;   ///< Times the breaker opened.
   std::uint64_t memory_reserved = 0;  ///< Bytes reserved by the key's workers.
+  /// Latencies of the requests a worker answered (with a Response or the
+  /// handler's exception), from the key's acceptance to the answer. Requests
+  /// the pool ended (timed out, cancelled, failed by the pool) and streams are
+  /// not recorded.
   LatencyHistogram latency;
 
   /// The number of workers in state `s`.
+  ///
+  /// @param s The state.
+  /// @return `workers[s]`.
   std::size_t workers_in(worker_state s) const noexcept { return workers[static_cast<std::size_t>(s)]; }
 };
 
 /// A pool's snapshot: every key, and the pool-wide figures.
+///
+/// A value the caller owns, made by `Pool::stats()`.
+///
+/// @code
+/// coropool::PoolStats stats = pool.stats();
+/// coropool::KeyStats all = stats.total();
+/// std::cout << all.completed << " of " << all.submitted << " answered\n" << coropool::to_prometheus(stats);
+/// @endcode
 struct PoolStats {
+  /// Every key the pool has seen (a submit, a wait, a command or a warm key
+  /// made it; none is forgotten), by name.
   std::map<std::string, KeyStats> keys;
-  std::uint64_t rejected = 0;         ///< Refused before reaching a key (empty key, shutdown).
-  std::uint64_t memory_budget = 0;    ///< PoolConfig::memory_budget, in bytes.
+  std::uint64_t rejected = 0;  ///< Refused before reaching a key: an empty key, or after shutdown began.
+  /// The budget in force, in bytes: PoolConfig::memory_budget, or 80 % of
+  /// physical memory when that is 0.
+  std::uint64_t memory_budget = 0;
   std::uint64_t memory_reserved = 0;  ///< Bytes reserved by all workers.
 
   /// Every key's figures summed.
+  ///
+  /// @return A KeyStats whose counters, gauges and latency histogram are the
+  /// sums over `keys`, with the pool-wide `rejected` added to its own; its
+  /// `breaker` is left `closed`, meaning nothing.
   KeyStats total() const {
     KeyStats t;
     for (const auto& [name, k] : keys) {

@@ -22,9 +22,19 @@ namespace coropool {
 ///
 /// @par Thread Safety
 /// One writer: the worker's coroutine.
+///
+/// @code
+/// [](Model& m, std::string prompt, coropool::StreamWriter<std::string>& out) -> asio::awaitable<void> {
+///   for (auto& token : m.generate(prompt)) co_await out.write(token);
+/// }
+/// @endcode
 template <class Chunk>
 class StreamWriter {
  public:
+  /// Makes the writing end of a stream's buffer. The pool makes one for each
+  /// stream it starts and hands it to the stream handler; users do not.
+  ///
+  /// @param state The buffer shared with the stream's reader.
   explicit StreamWriter(std::shared_ptr<detail::stream_state<Chunk>> state) : state_(std::move(state)) {}
 
   /// Writes one chunk, waiting while the reader's buffer is full (a slow
@@ -34,12 +44,19 @@ class StreamWriter {
   /// @throws boost::system::system_error with `asio::error::operation_aborted`
   /// when the reader has left (destroyed its Stream) or the pool stopped the
   /// worker: let it propagate, and the worker is free for the next request.
+  /// Also when the stream has already ended, or another write still waits.
+  ///
+  /// @param chunk The chunk, handed to the reader in the order written.
+  /// @return An awaitable that completes once the chunk is buffered or
+  /// handed to a waiting reader.
   asio::awaitable<void> write(Chunk chunk) {
     return asio::async_initiate<const asio::use_awaitable_t<>&, void(error_code)>(
         write_initiation{state_.get()}, asio::use_awaitable, std::move(chunk));
   }
 
   /// Whether the reader has left; a generator may check it between costly steps.
+  ///
+  /// @return True once the reader has closed or destroyed its Stream.
   bool reader_gone() const { return state_->reader_gone(); }
 
  private:
@@ -74,10 +91,22 @@ class StreamWriter {
 template <class Chunk>
 class Stream {
  public:
+  /// Makes the reading end of a stream's buffer. Pool::submit_stream() makes
+  /// them; users do not.
+  ///
+  /// @param state    The buffer shared with the worker's StreamWriter.
+  /// @param withdraw Called once, by close(): withdraws the request from the
+  ///                 pool unless a worker has started it.
   Stream(std::shared_ptr<detail::stream_state<Chunk>> state, std::function<void()> withdraw)
       : state_(std::move(state)), withdraw_(std::move(withdraw)) {}
 
+  /// Moves the stream; the moved-from Stream may only be destroyed or
+  /// assigned to (closing or destroying it does nothing).
   Stream(Stream&&) noexcept = default;
+  /// Leaves this stream (see close()), then takes over `other`'s.
+  ///
+  /// @param other The stream to take; left as a moved-from Stream.
+  /// @return `*this`.
   Stream& operator=(Stream&& other) noexcept {
     if (this != &other) {
       close();
@@ -93,13 +122,25 @@ class Stream {
 
   /// Reads the next chunk.
   ///
+  /// @param token The completion token.
+  ///
   /// @par Completion Signature
   /// @code void(std::exception_ptr, std::optional<Chunk>) @endcode
   /// The next chunk; nullopt once the stream has ended; or, after the last
-  /// chunk, the stream's error: the stream handler's exception, unchanged,
-  /// or a `system_error` with a coropool::errc (`request_timeout` while it
-  /// waited for a worker, `shutting_down`, `queue_full`...) or, after close(),
-  /// `asio::error::operation_aborted`.
+  /// chunk, the stream's error: the stream handler's exception, unchanged;
+  /// a `system_error` with a coropool::errc (`request_timeout` while it
+  /// waited for a worker, `worker_lost`, `shutting_down`, `circuit_open`,
+  /// `memory_exhausted`, `invalid_argument`); the wave's spawn_error; or,
+  /// after close(), `asio::error::operation_aborted`, even once the writer
+  /// has ended. The handler runs on its associated executor
+  /// (`asio::system_executor` when it has none), never inline.
+  ///
+  /// @return What `token` makes of the operation (see `asio::async_result`):
+  /// nothing for a plain handler, an awaitable for `asio::use_awaitable`.
+  ///
+  /// @par Thread Safety
+  /// One read at a time: a second read while one waits completes with
+  /// `operation_aborted`.
   template <class CompletionToken = asio::default_completion_token_t<detail::executor>>
   auto async_next(CompletionToken&& token = asio::default_completion_token_t<detail::executor>()) {
     return asio::async_initiate<CompletionToken, void(std::exception_ptr, std::optional<Chunk>)>(
@@ -107,6 +148,10 @@ class Stream {
   }
 
   /// Reads the next chunk: nullopt at the end; throws the stream's error.
+  ///
+  /// @return An awaitable of the next chunk, or of nullopt once the stream
+  /// has ended normally.
+  /// @throws the stream's error, as async_next() delivers it.
   asio::awaitable<std::optional<Chunk>> next() { return async_next(asio::use_awaitable); }
 
   /// Leaves the stream (see the class description); next() then fails with

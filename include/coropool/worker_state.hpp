@@ -43,6 +43,9 @@ enum class worker_state : unsigned char {
 inline constexpr std::size_t worker_state_count = 8;
 
 /// The state's name, lower case, as `to_prometheus` writes it.
+///
+/// @param s The state.
+/// @return Its enumerator's name: `"spawning"`, `"loading"`, ... `"dead"`.
 constexpr std::string_view to_string(worker_state s) noexcept {
   constexpr std::array<std::string_view, worker_state_count> names{"spawning", "loading",  "ready",  "processing",
                                                                    "idle",     "evicting", "failed", "dead"};
@@ -51,6 +54,16 @@ constexpr std::string_view to_string(worker_state s) noexcept {
 
 /// Whether a worker may go from `from` to `to`: the one place the state
 /// machine is written down.
+///
+/// @param from The state the worker is in.
+/// @param to   The state it would go to.
+/// @return True for the arrows of worker_state's diagram; false for every
+/// other pair, staying in the same state included.
+///
+/// @code
+/// static_assert(coropool::is_legal_transition(coropool::worker_state::idle, coropool::worker_state::ready));
+/// static_assert(!coropool::is_legal_transition(coropool::worker_state::dead, coropool::worker_state::loading));
+/// @endcode
 constexpr bool is_legal_transition(worker_state from, worker_state to) noexcept {
   using enum worker_state;
   switch (from) {
