@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libclang-rt-14-dev holds clang's sanitizer and libFuzzer runtimes, which clang only recommends.
-packages=(cmake ninja-build g++ clang libclang-rt-14-dev clang-format doxygen git libboost1.81-dev libspdlog-dev catch2)
+# time is /usr/bin/time, which benchmarks/compile_cost.sh measures with (not in minimal images).
+packages=(cmake ninja-build g++ clang libclang-rt-14-dev clang-format doxygen git libboost1.81-dev libspdlog-dev catch2 time)
 
 install_missing() {
   local missing=()
