@@ -37,7 +37,8 @@ namespace coropool {
 /// @par Thread Safety
 /// @e Distinct @e objects: Safe.@n
 /// @e Shared @e objects: Safe. Every member function may be called from any
-/// thread; the pool's state is changed only on its own strand.
+/// thread. A key's request queue is changed under its own lock, everything
+/// else of the pool's state only on the pool's strand.
 ///
 /// @par Lifetime
 /// Destroying a Pool starts its shutdown and returns at once; the pool's

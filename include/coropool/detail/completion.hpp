@@ -6,9 +6,35 @@
 
 #include "coropool/detail/asio.hpp"
 
+#include <functional>
 #include <utility>
 
 namespace coropool::detail {
+
+/// A function the pool submits to a strand or an executor, and a timer's
+/// handler: one type each for every call site, so that Asio's post, dispatch,
+/// defer and async_wait are instantiated once for the pool's own work rather
+/// than once per lambda (which was most of what including coropool cost a
+/// build). None of them is on the request path's hot loop.
+class task {
+ public:
+  template <class F>
+  explicit task(F&& f) : fn_(std::forward<F>(f)) {}
+  void operator()() { fn_(); }
+
+ private:
+  std::function<void()> fn_;
+};
+
+class wait_task {
+ public:
+  template <class F>
+  explicit wait_task(F&& f) : fn_(std::forward<F>(f)) {}
+  void operator()(error_code ec) { fn_(ec); }
+
+ private:
+  std::function<void(error_code)> fn_;
+};
 
 template <class Handler>
 using handler_work = asio::executor_work_guard<asio::associated_executor_t<Handler, executor>>;

@@ -428,9 +428,9 @@ class key_queue {
   void arm_timer_locked(clock::time_point at) {
     timer_armed_ = true;
     timer_.expires_at(at);
-    timer_.async_wait([owner = owner_.lock(), this](error_code ec) {
+    timer_.async_wait(wait_task([owner = owner_.lock(), this](error_code ec) {
       if (!ec) expire(clock::now());
-    });
+    }));
   }
 
   const std::string name_;

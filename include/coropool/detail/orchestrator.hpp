@@ -1,14 +1,16 @@
 #pragma once
 
-// The orchestrator and the maintenance tick: the pool's two ways of looking
-// after its workers, both on the pool's strand.
+// What the orchestrator works with, on the pool's strand: users' commands
+// (scale, evict, restart), workers' pongs, and the maintenance tick.
 //
-// The orchestrator is one coroutine reading an inbox of pongs (workers'
-// answers to health pings) and users' commands (scale, evict, restart). It
-// runs while the pool has workers or commands, and leaves rather than wait
-// when it has neither: an idle pool keeps no coroutine of its own. Every
-// command sent completes exactly once: by the orchestrator, or with
-// shutting_down when the inbox is closed (close() completes those still in it).
+// A command is dispatched to the pool's strand and handled there
+// (commands.ipp); it completes exactly once: when its work is done, or with
+// shutting_down once shutdown has begun. A ping is a function posted to the
+// worker's strand, where it runs beside the worker's coroutine (so it is
+// answered while a handler is suspended, not while one blocks the thread);
+// its pong is posted back to the pool's strand. (Asio channels carried both
+// once; a function object costs no channel, variant or coroutine, which is
+// most of what including coropool cost a build: see benchmarks/README.md.)
 //
 // The maintenance tick is one timer at the earlier of the next health sweep
 // and the next maintenance sweep, armed while the pool has workers.
@@ -19,15 +21,12 @@
 #include "coropool/error.hpp"
 #include "coropool/worker_state.hpp"
 
-#include <boost/asio/experimental/concurrent_channel.hpp>
-
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
-#include <variant>
 
 namespace coropool::detail {
 
@@ -40,76 +39,13 @@ struct pong {
   clock::time_point last_progress;
 };
 
-/// A user's command to the orchestrator, and the handler it completes.
+/// A user's command, and the handler it completes.
 struct command {
   enum class kind : std::uint8_t { scale, evict, restart };
   kind what;
   std::string key;
   std::size_t workers = 0;  // scale's target
   std::shared_ptr<completion<error_code>> done;
-};
-
-/// What the orchestrator's inbox carries. `std::monostate` only wakes it.
-using orchestrator_message = std::variant<std::monostate, pong, command>;
-
-/// The orchestrator's inbox and its coroutine. `Host` (the pool's core)
-/// provides strand(), has_workers(), stopped(), on_pong() and on_command().
-class orchestrator {
- public:
-  using inbox_channel = asio::experimental::concurrent_channel<void(error_code, orchestrator_message)>;
-
-  explicit orchestrator(const executor& ex) : inbox_(ex, inbox_capacity) {}
-
-  /// Starts the coroutine unless it runs; pool strand.
-  template <class Host>
-  void start(const std::shared_ptr<Host>& host) {
-    if (running_ || host->stopped()) return;
-    running_ = true;
-    asio::co_spawn(host->strand(), run(host), asio::detached);
-  }
-
-  /// Wakes the coroutine, which may then find it has nothing left to look after.
-  void wake() {
-    if (running_) inbox_.try_send(error_code{}, orchestrator_message{});
-  }
-
-  /// The inbox; any thread sends to it.
-  inbox_channel& inbox() noexcept { return inbox_; }
-
-  /// Completes the commands still in the inbox with shutting_down (closing
-  /// the channel would discard them), then closes it.
-  void close() {
-    while (inbox_.try_receive([](error_code, orchestrator_message m) {
-      if (auto* c = std::get_if<command>(&m)) c->done->complete(errc::shutting_down);
-    })) {
-    }
-    inbox_.close();
-  }
-
- private:
-  template <class Host>
-  static asio::awaitable<void> run(std::shared_ptr<Host> host) {
-    orchestrator& self = host->orchestrator_of();
-    for (;;) {
-      orchestrator_message message;
-      if (!self.inbox_.try_receive([&](error_code, orchestrator_message m) { message = std::move(m); })) {
-        if (!host->has_workers() || host->stopped()) break;  // nothing to look after: leave rather than wait
-        auto [ec, m] = co_await self.inbox_.async_receive(asio::as_tuple(asio::use_awaitable));
-        if (ec) break;
-        message = std::move(m);
-      }
-      if (auto* p = std::get_if<pong>(&message)) {
-        host->on_pong(*p);
-      } else if (auto* c = std::get_if<command>(&message)) {
-        host->on_command(std::move(*c));
-      }
-    }
-    self.running_ = false;
-  }
-
-  static constexpr std::size_t inbox_capacity = 1024;
-  inbox_channel inbox_;
-  bool running_ = false;
 };
 
 /// The maintenance tick's timer and the instants of the next sweeps; pool strand.
@@ -130,10 +66,10 @@ class maintenance_tick {
     if (is_never(next)) return;  // both intervals are max(): never
     armed_ = true;
     timer_.expires_at(next);
-    timer_.async_wait([this, h = std::forward<Handler>(on_tick)](error_code ec) mutable {
+    timer_.async_wait(wait_task([this, h = std::forward<Handler>(on_tick)](error_code ec) mutable {
       armed_ = false;  // `h` holds the pool, which owns *this
       if (!ec) h();
-    });
+    }));
   }
 
   /// Which sweeps are due at `now`; moves their next instants on.

@@ -10,7 +10,7 @@
 //
 // Who touches what:
 // - any thread: the members under "Any thread" below, each key's queue and
-//   its atomics (key_state::gauges), keys_ under keys_mutex_, phase_;
+//   its atomics (key_state::gauges), keys_ under keys_mutex_, stopping_;
 // - a worker's strand: the members under "Workers", which its coroutine calls;
 // - the pool strand (strand_): everything else. The strand never blocks: it
 //   takes a key queue's lock for a few list operations, never across a suspension.
@@ -19,7 +19,7 @@
 // the map of keys), requests.ipp (the request path's
 // entry points and the waiters), spawn.ipp (spawn waves, scale-up, memory),
 // lifecycle.ipp (a worker's load, stop and exit), health.ipp (the maintenance
-// tick, health sweep, idle eviction), commands.ipp (the orchestrator's
+// tick, health sweep, idle eviction), commands.ipp (users'
 // commands), shutdown.ipp, stats.ipp.
 
 #include "coropool/config.hpp"
@@ -88,8 +88,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   void start_submit(boost::intrusive_ptr<Op> op, const std::string& key, bool wait_for_room);
   /// Withdraws a request: completes it with operation_aborted unless it is done.
   void cancel_request(request_base& r);
-  /// Sends a user's command to the orchestrator. Never dropped: a command the
-  /// inbox cannot take completes with shutting_down.
+  /// Hands a user's command to the strand, where it is handled or, once
+  /// shutdown has begun, completed with shutting_down.
   void send_command(command c);
   /// Starts shutdown, or joins it; `op` (null for the Pool's destructor) completes when every coroutine has finished.
   void start_shutdown(clock::duration deadline, std::unique_ptr<completion<error_code>> op);
@@ -114,17 +114,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// (PoolConfig::breaker_counts): user code, called outside every lock.
   bool counts_as_failure(const std::exception_ptr& e) const;
 
-  // --- The orchestrator's host (orchestrator.hpp), pool strand ---
-
-  orchestrator& orchestrator_of() noexcept { return orchestrator_; }
-  bool has_workers() const noexcept { return live_workers_ > 0; }
-  bool stopped() const noexcept { return phase_.load(std::memory_order_relaxed) == phase::stopped; }
-  void on_pong(const pong& p);
-  void on_command(command c);
-
  private:
-  enum class phase : std::uint8_t { running, stopping, stopped };
-  bool stopping() const noexcept { return phase_.load(std::memory_order_acquire) != phase::running; }
+  bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
 
   // Keys (any thread; the map under keys_mutex_).
   key_state* find_key(const std::string& name) const;
@@ -157,22 +148,24 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   void stop_gracefully(const std::shared_ptr<worker_record>& w);
   void stop_parked(std::vector<std::shared_ptr<worker_record>> released);
   void declare_dead(const std::shared_ptr<worker_record>& w, error_code ec, const char* why);
-  static asio::awaitable<void> respond_to_pings(std::shared_ptr<pool_core> self, std::shared_ptr<worker_record> w);
 
   // Health and maintenance (health.ipp).
   void start_maintenance();
   void on_tick();
   void health_sweep(clock::time_point now);
+  void ping(const std::shared_ptr<worker_record>& w);
+  void on_pong(const pong& p);
   void evict_idle(key_state& k, clock::time_point now);
 
   // Commands (commands.ipp).
+  void on_command(command c);
   void scale(key_state& k, std::size_t target);
   void evict(key_state& k);
   void advance_commands(key_state& k);
   void abort_restart(key_state& k);
 
   // Shutdown (shutdown.ipp).
-  void shutdown(clock::duration deadline, std::unique_ptr<completion<error_code>> op);
+  void shutdown(clock::duration deadline, const std::shared_ptr<completion<error_code>>& op);
   void close_keys();
   void abandon_work();
   void finish_shutdown();
@@ -191,8 +184,8 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   // Any thread.
   mutable std::mutex keys_mutex_;  // the map's structure; written on the strand, never held across a suspension
   std::unordered_map<std::string, std::shared_ptr<key_state>> keys_;
-  std::atomic<phase> phase_{phase::running};  // raised under keys_mutex_ (see key_for)
-  std::atomic<std::uint64_t> rejected_{0};    // refused before reaching a key
+  std::atomic<bool> stopping_{false};       // shutdown has begun; raised under keys_mutex_ (see key_for)
+  std::atomic<std::uint64_t> rejected_{0};  // refused before reaching a key
   std::atomic<pool_registry*> registry_{nullptr};
 
   // Pool strand.
@@ -201,11 +194,9 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   std::uint64_t next_worker_id_ = 0;
   std::vector<std::shared_ptr<worker_record>> retired_;  // out of routing, their coroutines still running
   maintenance_tick tick_;
-  std::uint64_t ping_sequence_ = 0;
-  orchestrator orchestrator_;
   timer_type shutdown_timer_;
   clock::time_point shutdown_deadline_ = clock::time_point::max();  // the earliest asked for; max(): none
-  std::vector<std::unique_ptr<completion<error_code>>> shutdown_ops_;
+  std::vector<std::shared_ptr<completion<error_code>>> shutdown_ops_;
 };
 
 }  // namespace coropool::detail

@@ -9,8 +9,6 @@
 #include "coropool/error.hpp"
 #include "coropool/worker_state.hpp"
 
-#include <boost/asio/experimental/concurrent_channel.hpp>
-
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -18,9 +16,6 @@
 namespace coropool::detail {
 
 struct key_state;
-
-/// The pool's ping to one worker: a sequence number.
-using ping_channel = asio::experimental::concurrent_channel<void(error_code, std::uint64_t)>;
 
 /// One worker: a coroutine on its own strand that loads its key's model and
 /// serves the key's queue. Its key owns it; the key, in turn, lives as long
@@ -46,10 +41,10 @@ struct worker_record {
     std::atomic<errc> cancelled_because{errc{}};
     worker_state_cell state;
     std::atomic<std::uint64_t> served{0};
+    // A health ping is on its way through the worker's strand: the next
+    // sweep sends none until it is answered (a blocked thread gets one).
+    std::atomic<bool> ping_pending{false};
   } shared;
-
-  /// The health channel: the pool pings, the worker's responder answers (any thread).
-  ping_channel ping{strand, 1};
 
   /// The worker's own strand.
   struct own_fields {

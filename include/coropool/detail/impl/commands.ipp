@@ -1,8 +1,8 @@
 #pragma once
 
-// pool_core: the orchestrator's commands (scale, evict, restart). Each
-// completes exactly once: when its work is done (advance_commands), or with
-// shutting_down once shutdown has begun.
+// pool_core: users' commands (scale, evict, restart), on the pool strand.
+// Each completes exactly once: when its work is done (advance_commands), or
+// with shutting_down once shutdown has begun.
 
 #include "coropool/detail/pool_core.hpp"
 
@@ -10,17 +10,11 @@ namespace coropool::detail {
 
 /// Any thread.
 inline void pool_core::send_command(command c) {
-  asio::dispatch(strand_, [self = shared_from_this(), c = std::move(c)]() mutable {
-    if (self->stopping()) return c.done->complete(errc::shutting_down);
-    auto done = c.done;
-    self->orchestrator_.inbox().async_send(error_code{}, orchestrator_message(std::move(c)), [done](error_code ec) {
-      if (ec) done->complete(errc::shutting_down);  // the message, and with it the command, is gone
-    });
-    self->orchestrator_.start(self);  // after the send: a new orchestrator may run inline and must find it
-  });
+  asio::dispatch(strand_,
+                 task([self = shared_from_this(), c = std::move(c)]() mutable { self->on_command(std::move(c)); }));
 }
 
-/// Pool strand (the orchestrator).
+/// Pool strand.
 inline void pool_core::on_command(command c) {
   if (stopping()) return c.done->complete(errc::shutting_down);
   if (c.key.empty()) return c.done->complete(errc::invalid_argument);

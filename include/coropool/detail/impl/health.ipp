@@ -7,9 +7,8 @@
 
 namespace coropool::detail {
 
-/// Arms the tick while the pool has workers; the orchestrator runs meanwhile too.
+/// Arms the tick while the pool has workers.
 inline void pool_core::start_maintenance() {
-  orchestrator_.start(shared_from_this());
   if (stopping() || live_workers_ == 0) return;
   tick_.arm([self = shared_from_this()] { self->on_tick(); });
 }
@@ -41,10 +40,23 @@ inline void pool_core::health_sweep(clock::time_point now) {
       } else if (k->queue.overdue(*w, now)) {
         declare_dead(w, errc::request_timeout, "its request ran past request_timeout");
       } else {
-        w->ping.try_send(error_code{}, ++ping_sequence_);  // full: the last ping is still unanswered
+        ping(w);
       }
     }
   }
+}
+
+/// Pings a worker unless its last ping is unanswered: a function on the
+/// worker's strand, beside its coroutine, that posts its pong back here.
+inline void pool_core::ping(const std::shared_ptr<worker_record>& w) {
+  if (w->shared.ping_pending.exchange(true, std::memory_order_acq_rel)) return;
+  asio::post(w->strand, task([self = shared_from_this(), w] {
+               w->shared.ping_pending.store(false, std::memory_order_release);
+               const worker_state state = w->shared.state.load();
+               pong p{w, state, state == worker_state::processing ? 1u : 0u,
+                      w->shared.served.load(std::memory_order_relaxed), w->own.last_progress};
+               asio::post(self->strand_, task([self, p = std::move(p)] { self->on_pong(p); }));
+             }));
 }
 
 inline void pool_core::on_pong(const pong& p) {

@@ -18,25 +18,7 @@ inline bool pool_core::worker_starts(worker_record& w) {
 inline void pool_core::worker_loaded(std::shared_ptr<worker_record> w) {
   w->shared.state.transition(worker_state::ready);
   w->own.last_progress = clock::now();
-  asio::co_spawn(w->strand, respond_to_pings(shared_from_this(), w), asio::detached);
-  asio::defer(strand_, [self = shared_from_this(), w = std::move(w)] { self->on_loaded(w); });
-}
-
-/// The health responder of a loaded worker: on its strand, beside the
-/// worker's own coroutine, so it answers while a handler is suspended but
-/// not while one blocks the thread. Each ping gets exactly one pong.
-inline asio::awaitable<void> pool_core::respond_to_pings(std::shared_ptr<pool_core> self,
-                                                         std::shared_ptr<worker_record> w) {
-  for (;;) {
-    auto [ec, seq] = co_await w->ping.async_receive(asio::as_tuple(asio::use_awaitable));
-    if (ec) co_return;  // the worker is gone
-    const worker_state state = w->shared.state.load();
-    orchestrator_message message(pong{w, state, state == worker_state::processing ? 1u : 0u,
-                                      w->shared.served.load(std::memory_order_relaxed), w->own.last_progress});
-    auto [send_ec] = co_await self->orchestrator_.inbox().async_send(error_code{}, std::move(message),
-                                                                     asio::as_tuple(asio::use_awaitable));
-    if (send_ec) co_return;  // the pool has shut down
-  }
+  asio::defer(strand_, task([self = shared_from_this(), w = std::move(w)] { self->on_loaded(w); }));
 }
 
 inline void pool_core::on_loaded(const std::shared_ptr<worker_record>& w) {
@@ -74,7 +56,6 @@ inline void pool_core::retire(const std::shared_ptr<worker_record>& w) {
 inline void pool_core::on_exit(const std::shared_ptr<worker_record>& w, const std::exception_ptr& e) {
   key_state& k = *w->key;
   --live_workers_;
-  w->ping.close();
   const bool was_routable = !w->pool.retired;
   const bool loaded = w->pool.ready;
   const bool load_failure = was_routable && !loaded && !stopping();
@@ -128,7 +109,6 @@ inline void pool_core::on_exit(const std::shared_ptr<worker_record>& w, const st
   advance_commands(k);
   disarm_request_timer_if_unused(k);
   if (stopping() && live_workers_ == 0) finish_shutdown();
-  if (live_workers_ == 0) orchestrator_.wake();  // it ends when the pool has nothing left to look after
 }
 
 /// Fails the request a worker holds, if it is not done already; a worker
@@ -143,9 +123,9 @@ inline void pool_core::fail_current(worker_record& w, error_code ec) {
 inline void pool_core::request_stop(const std::shared_ptr<worker_record>& w, errc because) {
   w->shared.cancelled_because.store(because, std::memory_order_release);
   stop_gracefully(w);
-  asio::post(w->strand, [w] {
-    if (!w->own.finished) w->own.stop_signal.emit(asio::cancellation_type::terminal);
-  });
+  asio::post(w->strand, task([w] {
+               if (!w->own.finished) w->own.stop_signal.emit(asio::cancellation_type::terminal);
+             }));
 }
 
 /// Stops a worker once it has finished what it is doing: a parked one at
@@ -179,7 +159,6 @@ inline void pool_core::declare_dead(const std::shared_ptr<worker_record>& w, err
   w->pool.declared_dead = true;
   k.gauges.deaths.fetch_add(1, std::memory_order_relaxed);
   fail_current(*w, ec);
-  w->ping.close();
   request_stop(w, errc::worker_lost);
   attend(k);
   refill(k);

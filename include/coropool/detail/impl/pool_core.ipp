@@ -23,7 +23,6 @@ inline pool_core::pool_core(executor ex, PoolConfig config, worker_body body)
       body_(std::move(body)),
       memory_(config_.memory_budget, config_.on_memory_change),
       tick_(strand_, config_.health_interval, config_.maintenance_interval),
-      orchestrator_(executor_),
       shutdown_timer_(strand_) {
   if (config_.cold_start_workers == 0 || config_.max_workers_per_key < config_.cold_start_workers ||
       config_.queue_capacity == 0 || config_.stream_buffer == 0 || config_.spawn_timeout <= clock::duration::zero() ||
@@ -49,14 +48,14 @@ inline std::shared_ptr<pool_core> pool_core::create(executor ex, PoolConfig conf
   registry.add(core);
   core->registry_.store(&registry, std::memory_order_release);
   if (!core->config_.warm_keys.empty()) {
-    asio::dispatch(core->strand_, [core] {
-      for (const auto& key : core->config_.warm_keys) {
-        key_state& k = core->key_for(key);
-        if (core->stopping()) return;
-        core->ensure_spawning(k);
-        core->refill(k);
-      }
-    });
+    asio::dispatch(core->strand_, task([core] {
+                     for (const auto& key : core->config_.warm_keys) {
+                       key_state& k = core->key_for(key);
+                       if (core->stopping()) return;
+                       core->ensure_spawning(k);
+                       core->refill(k);
+                     }
+                   }));
   }
   return core;
 }
@@ -74,7 +73,7 @@ inline key_state* pool_core::find_key(const std::string& name) const {
 }
 
 /// The key named `name`, made on first use; any thread. A key made once
-/// shutdown has begun is born closed: shutdown raises phase_ under
+/// shutdown has begun is born closed: shutdown raises stopping_ under
 /// keys_mutex_ before it closes the keys it finds, so a submit racing it to
 /// a new key is refused with shutting_down either way.
 inline key_state& pool_core::key_for(const std::string& name) {
@@ -82,7 +81,7 @@ inline key_state& pool_core::key_for(const std::string& name) {
   auto& slot = keys_[name];
   if (!slot) {
     slot = std::make_shared<key_state>(name, executor_, config_, weak_from_this(), log_.get());
-    if (phase_.load(std::memory_order_relaxed) != phase::running) slot->queue.close();
+    if (stopping_.load(std::memory_order_relaxed)) slot->queue.close();
   }
   return *slot;
 }

@@ -36,7 +36,7 @@ void pool_core::start_submit(boost::intrusive_ptr<Op> op, const std::string& key
   if ((k.gauges.ready_workers.load(std::memory_order_relaxed) == 0 ||
        k.gauges.live_workers.load(std::memory_order_relaxed) < config_.max_workers_per_key) &&
       !k.gauges.attention_pending.exchange(true, std::memory_order_acq_rel)) {
-    asio::post(strand_, [self = shared_from_this(), k = &k] { self->attend(*k); });
+    asio::post(strand_, task([self = shared_from_this(), k = &k] { self->attend(*k); }));
   }
 }
 
@@ -84,13 +84,12 @@ void pool_core::start_wait(Handler&& handler, std::string key, clock::duration t
     slot.assign([weak_op = std::weak_ptr<waiter>(op), weak_core = weak_from_this()](asio::cancellation_type) {
       auto core = weak_core.lock();
       if (auto w = weak_op.lock(); core && w) {
-        asio::post(core->strand_, [core, w] { waiter_list::finish(*w, asio::error::operation_aborted); });
+        asio::post(core->strand_, task([core, w] { waiter_list::finish(*w, asio::error::operation_aborted); }));
       }
     });
   }
-  asio::dispatch(strand_, [self = shared_from_this(), op = std::move(op), key = std::move(key), timeout]() mutable {
-    self->register_waiter(std::move(op), key, timeout);
-  });
+  asio::dispatch(strand_, task([self = shared_from_this(), op = std::move(op), key = std::move(key),
+                                timeout]() mutable { self->register_waiter(std::move(op), key, timeout); }));
 }
 
 /// Pool strand: the waiter is answered at once, or joins its key's list.
@@ -104,14 +103,14 @@ inline void pool_core::register_waiter(std::shared_ptr<waiter> w, const std::str
   // A deadline of never arms no timer: the handler's work guard keeps its context running.
   if (const auto deadline = deadline_after(clock::now(), timeout); !is_never(deadline)) {
     w->timer.expires_at(deadline);
-    w->timer.async_wait([self = shared_from_this(), w, k = &k](error_code ec) {
+    w->timer.async_wait(wait_task([self = shared_from_this(), w, k = &k](error_code ec) {
       if (ec) return;  // disarmed: the waiter was finished on the strand
-      asio::dispatch(self->strand_, [self, w, k] {
-        if (w->done) return;
-        self->log_->debug("coropool: wait for key '{}' timed out", k->name);
-        waiter_list::finish(*w, errc::spawn_timeout);
-      });
-    });
+      asio::dispatch(self->strand_, task([self, w, k] {
+                       if (w->done) return;
+                       self->log_->debug("coropool: wait for key '{}' timed out", k->name);
+                       waiter_list::finish(*w, errc::spawn_timeout);
+                     }));
+    }));
   }
   ensure_spawning(k);
 }

@@ -18,19 +18,19 @@ void pool_core::start_shutdown_op(clock::duration deadline, Handler&& handler) {
 
 /// Any thread.
 inline void pool_core::start_shutdown(clock::duration deadline, std::unique_ptr<completion<error_code>> op) {
-  asio::dispatch(strand_, [self = shared_from_this(), deadline, op = std::move(op)]() mutable {
-    self->shutdown(deadline, std::move(op));
-  });
+  asio::dispatch(strand_, task([self = shared_from_this(), deadline, op = std::shared_ptr(std::move(op))] {
+                   self->shutdown(deadline, op);
+                 }));
 }
 
 /// Starts shutdown, or joins the one under way; of several calls, the
 /// earliest deadline holds (a Pool destroyed during a long drain stops it now).
-inline void pool_core::shutdown(clock::duration deadline, std::unique_ptr<completion<error_code>> op) {
-  if (op) shutdown_ops_.push_back(std::move(op));
+inline void pool_core::shutdown(clock::duration deadline, const std::shared_ptr<completion<error_code>>& op) {
+  if (op) shutdown_ops_.push_back(op);
   if (!stopping()) {
     {
       std::lock_guard lock(keys_mutex_);  // see key_for
-      phase_.store(phase::stopping, std::memory_order_release);
+      stopping_.store(true, std::memory_order_release);
     }
     log_->info("coropool: shutting down ({} worker(s) running)", live_workers_);
     close_keys();
@@ -43,11 +43,11 @@ inline void pool_core::shutdown(clock::duration deadline, std::unique_ptr<comple
       abandon_work();
     } else {                           // at < shutdown_deadline_ <= max(): a deadline that comes
       shutdown_timer_.expires_at(at);  // cancels a later deadline's wait
-      shutdown_timer_.async_wait([self = shared_from_this()](error_code ec) {
+      shutdown_timer_.async_wait(wait_task([self = shared_from_this()](error_code ec) {
         if (ec) return;
         self->log_->info("coropool: shutdown deadline reached, stopping {} worker(s)", self->live_workers_);
         self->abandon_work();
-      });
+      }));
     }
   }
   if (live_workers_ == 0) finish_shutdown();
@@ -78,10 +78,6 @@ inline void pool_core::abandon_work() {
 inline void pool_core::finish_shutdown() {
   shutdown_timer_.cancel();
   tick_.cancel();
-  if (!stopped()) {
-    phase_.store(phase::stopped, std::memory_order_release);
-    orchestrator_.close();  // commands still in the inbox complete with shutting_down
-  }
   for (key_state* k : all_keys()) k->queue.disarm();  // nothing is outstanding: the timers release the core
   auto ops = std::exchange(shutdown_ops_, {});
   if (!ops.empty()) log_->info("coropool: shut down");

@@ -126,13 +126,13 @@ inline void pool_core::start_worker(key_state& k, memory_reservation reservation
   ++k.spawn.loading;
   ++live_workers_;
   k.gauges.live_workers.fetch_add(1, std::memory_order_release);
-  asio::co_spawn(
-      w->strand, body_(shared_from_this(), w),
-      asio::bind_cancellation_slot(w->own.stop_signal.slot(),
-                                   asio::bind_executor(w->strand, [self = shared_from_this(), w](std::exception_ptr e) {
-                                     w->own.finished = true;
-                                     asio::defer(self->strand_, [self, w, e = std::move(e)] { self->on_exit(w, e); });
-                                   })));
+  asio::co_spawn(w->strand, body_(shared_from_this(), w),
+                 asio::bind_cancellation_slot(
+                     w->own.stop_signal.slot(),
+                     asio::bind_executor(w->strand, [self = shared_from_this(), w](std::exception_ptr e) {
+                       w->own.finished = true;
+                       asio::defer(self->strand_, task([self, w, e = std::move(e)] { self->on_exit(w, e); }));
+                     })));
   start_maintenance();
 }
 
