@@ -5,10 +5,14 @@
 # would, several times, alternated, in each mode. Prints one JSON line per mode:
 # medians, min and max of the wall time, the median peak memory, and the ratios.
 #
-#   benchmarks/compile_cost.sh [--runs N] [--modes O2,O0-g] [--cxx COMPILER]
+#   benchmarks/compile_cost.sh [--runs N] [--modes O2,O0-g] [--builds header-only,separate] [--cxx COMPILER]
 #
 #   --runs N      compiles of each file per mode (default 5)
 #   --modes LIST  comma-separated: O2 (-O2), O0-g (-O0 -g); default both
+#   --builds LIST comma-separated: header-only (the default mode, what the README's
+#                 quick start compiles), separate (the quick start's TU with
+#                 COROPOOL_SEPARATE_COMPILATION: the core is in another TU, compiled
+#                 once per program, and not counted); default header-only
 #   --cxx C       the compiler (default: $CXX, else g++)
 #
 # The machine should be otherwise idle: the figures are wall times. Run it under
@@ -18,13 +22,15 @@ cd "$(dirname "$0")/.."
 
 runs=5
 modes=O2,O0-g
+builds=header-only
 cxx=${CXX:-g++}
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
     --modes) modes=$2; shift 2 ;;
+    --builds) builds=$2; shift 2 ;;
     --cxx) cxx=$2; shift 2 ;;
-    *) echo "usage: $0 [--runs N] [--modes O2,O0-g] [--cxx COMPILER]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--runs N] [--modes O2,O0-g] [--builds header-only,separate] [--cxx COMPILER]" >&2; exit 2 ;;
   esac
 done
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "$0: --runs wants a positive number" >&2; exit 2; }
@@ -48,7 +54,9 @@ trap 'rm -rf "$work"' EXIT
 compile() {
   local name=$1
   shift
-  if ! /usr/bin/time -o "$work/time" -f '%e %M' "$cxx" "${flags[@]}" "$@" -c "benchmarks/compile_cost/$name.cpp" \
+  local extra=()
+  [ "$name" = quick_start ] && extra=("${build_flags[@]}")
+  if ! /usr/bin/time -o "$work/time" -f '%e %M' "$cxx" "${flags[@]}" "${extra[@]}" "$@" -c "benchmarks/compile_cost/$name.cpp" \
     -o "$work/$name.o" 2>"$work/stderr"; then
     cat "$work/stderr" >&2
     echo "$0: $cxx failed on $name.cpp" >&2
@@ -66,6 +74,13 @@ stats() {
 
 compiler=$("$cxx" --version | head -n 1)
 IFS=, read -r -a mode_list <<<"$modes"
+IFS=, read -r -a build_list <<<"$builds"
+for build in "${build_list[@]}"; do
+  case "$build" in
+    header-only) build_flags=() ;;
+    separate) build_flags=(-DCOROPOOL_SEPARATE_COMPILATION) ;;
+    *) echo "$0: unknown build '$build' (header-only, separate)" >&2; exit 2 ;;
+  esac
 for mode in "${mode_list[@]}"; do
   case "$mode" in
     O2) mode_flags=(-O2) ;;
@@ -82,18 +97,19 @@ for mode in "${mode_list[@]}"; do
       read -r seconds kib <<<"$measured"
       echo "$seconds" >>"$work/$name.s"
       echo "$kib" >>"$work/$name.kib"
-      echo "compile_cost: $mode run $run/$runs $name ${seconds} s $((kib / 1024)) MiB" >&2
+      echo "compile_cost: $build $mode run $run/$runs $name ${seconds} s $((kib / 1024)) MiB" >&2
     done
   done
   read -r q_s q_min q_max < <(stats "$work/quick_start.s")
   read -r p_s p_min p_max < <(stats "$work/plain_asio.s")
   read -r q_kib _ _ < <(stats "$work/quick_start.kib")
   read -r p_kib _ _ < <(stats "$work/plain_asio.kib")
-  awk -v mode="$mode" -v compiler="$compiler" -v runs="$runs" -v q_s="$q_s" -v q_min="$q_min" -v q_max="$q_max" \
+  awk -v build="$build" -v mode="$mode" -v compiler="$compiler" -v runs="$runs" -v q_s="$q_s" -v q_min="$q_min" -v q_max="$q_max" \
     -v p_s="$p_s" -v p_min="$p_min" -v p_max="$p_max" -v q_kib="$q_kib" -v p_kib="$p_kib" 'BEGIN {
-    printf "{\"bench\":\"compile_cost\",\"mode\":\"%s\",\"compiler\":\"%s\",", mode, compiler
+    printf "{\"bench\":\"compile_cost\",\"build\":\"%s\",\"mode\":\"%s\",\"compiler\":\"%s\",", build, mode, compiler
     printf "\"coropool_s\":%.2f,\"coropool_s_min\":%.2f,\"coropool_s_max\":%.2f,", q_s, q_min, q_max
     printf "\"plain_s\":%.2f,\"plain_s_min\":%.2f,\"plain_s_max\":%.2f,\"ratio_time\":%.2f,", p_s, p_min, p_max, q_s / p_s
     printf "\"coropool_mib\":%.0f,\"plain_mib\":%.0f,\"ratio_mem\":%.2f,", q_kib / 1024, p_kib / 1024, q_kib / p_kib
     printf "\"runs\":%d}\n", runs }'
+done
 done

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <iostream>
 #include <stdexcept>
 #include <string>
@@ -43,6 +44,16 @@ int main() {
   config.cold_start_workers = 2;
   config.max_workers_per_key = 4;
   config.compute_executor = compute.get_executor();
+  // Bad input is the caller's fault, not the model's: it must not open the key's circuit breaker.
+  config.breaker_counts = [](const std::exception_ptr& e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::invalid_argument&) {
+      return false;
+    } catch (...) {
+      return true;
+    }
+  };
 
   coropool::Pool<std::string, int> pool{
       ioc, config, [](const std::string& key) -> asio::awaitable<Model> { co_return Model{key}; },

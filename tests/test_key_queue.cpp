@@ -113,7 +113,7 @@ TEST_CASE("key queue: a request submitted while a worker is parked is handed to 
   fixture f;
   auto w = f.worker();
   auto into = std::make_shared<request_ptr>();
-  auto [none, parked] = f.queue.take_or_park(w, [&] { return std::make_unique<parked_slot>(into); });
+  auto [none, parked] = f.queue.take_or_park(*w, [&] { return std::make_unique<parked_slot>(into); });
   CHECK(none == nullptr);
   REQUIRE(parked);
   CHECK(w->shared.state.load() == worker_state::idle);
@@ -133,7 +133,7 @@ TEST_CASE("key queue: a worker finds a queued request instead of parking", "[key
   f.submit(r);
   auto w = f.worker();
   bool made = false;
-  auto [taken, parked] = f.queue.take_or_park(w, [&] {
+  auto [taken, parked] = f.queue.take_or_park(*w, [&] {
     made = true;
     return std::make_unique<parked_slot>(std::make_shared<request_ptr>());
   });
@@ -224,7 +224,7 @@ TEST_CASE("key queue: a closed queue refuses, hands its parked workers back, and
   fixture f;
   auto w = f.worker();
   auto into = std::make_shared<request_ptr>();
-  REQUIRE(f.queue.take_or_park(w, [&] { return std::make_unique<parked_slot>(into); }).second);
+  REQUIRE(f.queue.take_or_park(*w, [&] { return std::make_unique<parked_slot>(into); }).second);
   auto released = f.queue.close();
   REQUIRE(released.size() == 1);
   CHECK(released.front() == w);
@@ -232,7 +232,7 @@ TEST_CASE("key queue: a closed queue refuses, hands its parked workers back, and
   f.submit(late);
   CHECK(late->outcome == errc::shutting_down);
   // A worker does not park on a closed queue: it is told to leave.
-  auto [r, parked] = f.queue.take_or_park(w, [&] { return std::make_unique<parked_slot>(into); });
+  auto [r, parked] = f.queue.take_or_park(*w, [&] { return std::make_unique<parked_slot>(into); });
   CHECK(r == nullptr);
   CHECK_FALSE(parked);
 }
@@ -278,10 +278,10 @@ TEST_CASE("key queue: idle workers are released oldest first, only once idle lon
   std::vector<std::shared_ptr<worker_record>> workers;
   for (int i = 0; i < 3; ++i) {
     workers.push_back(f.worker());
-    REQUIRE(
-        f.queue
-            .take_or_park(workers.back(), [] { return std::make_unique<parked_slot>(std::make_shared<request_ptr>()); })
-            .second);
+    REQUIRE(f.queue
+                .take_or_park(*workers.back(),
+                              [] { return std::make_unique<parked_slot>(std::make_shared<request_ptr>()); })
+                .second);
   }
   const auto now = pool_clock::now();
   CHECK(f.queue.release_idle(3, now, 1h).empty());  // none idle for an hour

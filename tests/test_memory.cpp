@@ -152,3 +152,30 @@ TEST_CASE("cold starts racing on two threads never exceed the memory budget", "[
   CHECK(stats.memory_reserved == 0);  // every reservation went back
   CHECK(stats.total().evictions > 0);
 }
+
+TEST_CASE("a scale waiting for an evicted worker's memory completes with shutting_down when shutdown begins",
+          "[memory][shutdown]") {
+  asio::io_context ioc(1);
+  auto script = std::make_shared<LoadScript>();
+  PoolConfig config = quiet_config();
+  config.memory_budget = 100;  // room for one worker
+  config.worker_footprint = [](const std::string&) -> std::uint64_t { return 100; };
+  IntPool pool(ioc, config, scripted_loader(script), echo_handler());
+  error_code scaled = asio::error::would_block;  // not completed yet
+  bool shut_down = false;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        co_await pool.wait_for_workers("a", 5s);  // a's worker holds the whole budget, idle
+        // b's spawn evicts a's idle worker and waits for it to end; shutdown
+        // begins on the strand before that worker's exit reaches it, and no
+        // worker of b will ever load to move the scale on.
+        pool.async_scale("b", 1, [&](error_code ec) { scaled = ec; });
+        co_await pool.async_shutdown(5s, asio::use_awaitable);
+        shut_down = true;
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1, 10s));
+  CHECK(shut_down);
+  CHECK(scaled == errc::shutting_down);
+}

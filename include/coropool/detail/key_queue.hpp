@@ -102,7 +102,7 @@ class key_queue {
       result.refused = errc::circuit_open;
     } else if (!idle_.empty()) {
       // A parked worker takes it directly: the queue is empty whenever one is parked.
-      worker_ptr woken = std::move(idle_.back());
+      worker_record* woken = idle_.back();
       idle_.pop_back();
       result.wake = std::move(woken->queue.parked);
       r->state = phase::in_flight;
@@ -153,14 +153,14 @@ class key_queue {
   /// Returns the request taken, and whether the worker was parked; neither
   /// when it is to leave now (stopped, or its key closed or draining).
   template <class MakeParked>
-  std::pair<request_ptr, bool> take_or_park(const worker_ptr& w, MakeParked&& make_parked) {
+  std::pair<request_ptr, bool> take_or_park(worker_record& w, MakeParked&& make_parked) {
     std::lock_guard lock(mutex_);
-    if (auto r = take_locked(*w)) return {std::move(r), false};
-    if (closed_ || draining_ || w->shared.stop_requested.load(std::memory_order_relaxed)) return {nullptr, false};
-    w->queue.parked = make_parked();
-    w->shared.state.transition(worker_state::idle);
-    w->queue.idle_since = clock::now();
-    idle_.push_back(w);
+    if (auto r = take_locked(w)) return {std::move(r), false};
+    if (closed_ || draining_ || w.shared.stop_requested.load(std::memory_order_relaxed)) return {nullptr, false};
+    w.queue.parked = make_parked();
+    w.shared.state.transition(worker_state::idle);
+    w.queue.idle_since = clock::now();
+    idle_.push_back(&w);
     return {nullptr, true};
   }
 
@@ -244,7 +244,7 @@ class key_queue {
     // idle_ is a stack: the most recently parked is handed work first, the oldest age at the front.
     std::size_t n = 0;
     while (n < idle_.size() && n < at_most && now - idle_[n]->queue.idle_since >= idle_for) ++n;
-    released.assign(std::make_move_iterator(idle_.begin()), std::make_move_iterator(idle_.begin() + n));
+    for (std::size_t i = 0; i < n; ++i) released.push_back(idle_[i]->shared_from_this());
     idle_.erase(idle_.begin(), idle_.begin() + n);
     return released;
   }
@@ -253,8 +253,8 @@ class key_queue {
   worker_ptr release_idle(const worker_record& w) {
     std::lock_guard lock(mutex_);
     for (auto it = idle_.begin(); it != idle_.end(); ++it) {
-      if (it->get() == &w) {
-        worker_ptr owner = std::move(*it);
+      if (*it == &w) {
+        worker_ptr owner = (*it)->shared_from_this();
         idle_.erase(it);
         return owner;
       }
@@ -267,7 +267,7 @@ class key_queue {
   std::vector<worker_ptr> close() {
     std::lock_guard lock(mutex_);
     closed_ = true;
-    return std::exchange(idle_, {});
+    return owners_of_all_idle_locked();
   }
 
   /// evict(): workers leave once the queue is empty, while new requests are
@@ -275,7 +275,7 @@ class key_queue {
   std::vector<worker_ptr> start_draining() {
     std::lock_guard lock(mutex_);
     draining_ = true;
-    return std::exchange(idle_, {});
+    return owners_of_all_idle_locked();
   }
 
   void stop_draining() {
@@ -298,7 +298,7 @@ class key_queue {
   template <class F>
   void for_each_idle(F&& f) const {
     std::lock_guard lock(mutex_);
-    for (const auto& w : idle_) f(w, w->queue.idle_since);
+    for (worker_record* w : idle_) f(w->shared_from_this(), w->queue.idle_since);
   }
 
   /// Whether `w` holds a request whose deadline has passed at `now`.
@@ -349,7 +349,7 @@ class key_queue {
     {
       std::lock_guard lock(mutex_);
       claimed = claim_due_locked(clock::time_point::max());
-      for (auto& w : std::exchange(idle_, {})) parked.push_back(std::move(w->queue.parked));
+      for (worker_record* w : std::exchange(idle_, {})) parked.push_back(std::move(w->queue.parked));
     }
     for (auto& r : claimed) r->abandon();
   }
@@ -361,6 +361,15 @@ class key_queue {
   }
 
  private:
+  /// Empties the idle list. A parked worker is alive (its suspended
+  /// coroutine owns its record), so its owner can be had in O(1).
+  std::vector<worker_ptr> owners_of_all_idle_locked() {
+    std::vector<worker_ptr> owners;
+    owners.reserve(idle_.size());
+    for (worker_record* w : std::exchange(idle_, {})) owners.push_back(w->shared_from_this());
+    return owners;
+  }
+
   request_ptr take_locked(worker_record& w) {
     if (queue_.empty() || w.shared.stop_requested.load(std::memory_order_relaxed)) return nullptr;
     request_base& r = queue_.front();
@@ -443,7 +452,10 @@ class key_queue {
   request_list room_waiters_;
   request_list queue_;
   deadline_list outstanding_;
-  std::vector<worker_ptr> idle_;  // parked workers, oldest first
+  // Parked workers, oldest first. Plain pointers: a parked worker's suspended
+  // coroutine owns its record, and the request path pays no reference count;
+  // the strand's rare uses get the owner from shared_from_this().
+  std::vector<worker_record*> idle_;
   bool closed_ = false;
   bool draining_ = false;
   circuit_breaker breaker_;

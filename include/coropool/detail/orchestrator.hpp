@@ -10,7 +10,7 @@
 // answered while a handler is suspended, not while one blocks the thread);
 // its pong is posted back to the pool's strand. (Asio channels carried both
 // once; a function object costs no channel, variant or coroutine, which is
-// most of what including coropool cost a build: see benchmarks/README.md.)
+// most of what including coropool cost a build: see benchmarks/README.md, "Compile cost".)
 //
 // The maintenance tick is one timer at the earlier of the next health sweep
 // and the next maintenance sweep, armed while the pool has workers.

@@ -15,7 +15,9 @@
 // - the pool strand (strand_): everything else. The strand never blocks: it
 //   takes a key queue's lock for a few list operations, never across a suspension.
 //
-// The bodies are in detail/impl/, by topic: pool_core.ipp (construction and
+// The member templates are in detail/impl/pool_core.hpp; the other bodies in
+// detail/impl/*.ipp (COROPOOL_DECL: inline when header-only; see
+// detail/compilation.hpp), by topic: pool_core.ipp (construction and
 // the map of keys), requests.ipp (the request path's
 // entry points and the waiters), spawn.ipp (spawn waves, scale-up, memory),
 // lifecycle.ipp (a worker's load, stop and exit), health.ipp (the maintenance
@@ -24,6 +26,7 @@
 
 #include "coropool/config.hpp"
 #include "coropool/detail/asio.hpp"
+#include "coropool/detail/compilation.hpp"
 #include "coropool/detail/completion.hpp"
 #include "coropool/detail/key_state.hpp"
 #include "coropool/detail/memory.hpp"
@@ -105,7 +108,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   request_ptr take_request(worker_record& w) { return w.key->queue.take(w); }
   /// Parks a worker until a request arrives; it is handed null when it is to leave.
   template <class Handler>
-  void park(const std::shared_ptr<worker_record>& w, Handler&& handler);
+  void park(worker_record& w, Handler&& handler);
   /// Whether a worker's answer to `r` goes to its caller.
   bool claim_answer(request_base& r, worker_record& w);
   /// claim_answer() and take_request() under one lock.
@@ -201,6 +204,9 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
 
 }  // namespace coropool::detail
 
+#include "coropool/detail/impl/pool_core.hpp"
+
+#if defined(COROPOOL_HEADER_ONLY)
 #include "coropool/detail/impl/commands.ipp"
 #include "coropool/detail/impl/health.ipp"
 #include "coropool/detail/impl/lifecycle.ipp"
@@ -209,3 +215,4 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
 #include "coropool/detail/impl/shutdown.ipp"
 #include "coropool/detail/impl/spawn.ipp"
 #include "coropool/detail/impl/stats.ipp"
+#endif

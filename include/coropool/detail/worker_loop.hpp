@@ -87,7 +87,7 @@ class worker_loop {
       } else if (!r) {
         burst = 0;
         r = co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(request_ptr)>(
-            park_initiation{core.get(), &w}, asio::use_awaitable);
+            park_initiation{core.get(), w.get()}, asio::use_awaitable);
         if (!r) co_return;  // stopped, or the key closed and drained
       }
       auto& entry = static_cast<entry_type&>(*r);
@@ -138,7 +138,7 @@ class worker_loop {
 
   struct park_initiation {
     pool_core* core;
-    const std::shared_ptr<worker_record>* worker;  // the loop's own, alive while it is suspended
+    worker_record* worker;
 
     template <class Handler>
     void operator()(Handler&& handler) const {

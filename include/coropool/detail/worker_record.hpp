@@ -21,7 +21,7 @@ struct key_state;
 /// serves the key's queue. Its key owns it; the key, in turn, lives as long
 /// as the pool's core, which the worker's coroutine holds: a plain pointer
 /// back makes no cycle.
-struct worker_record {
+struct worker_record : std::enable_shared_from_this<worker_record> {
   worker_record(std::uint64_t worker_id, key_state* owner, const executor& ex)
       : id(worker_id), key(owner), strand(asio::make_strand(ex)) {}
   worker_record(const worker_record&) = delete;

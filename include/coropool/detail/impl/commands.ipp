@@ -9,13 +9,13 @@
 namespace coropool::detail {
 
 /// Any thread.
-inline void pool_core::send_command(command c) {
+COROPOOL_DECL void pool_core::send_command(command c) {
   asio::dispatch(strand_,
                  task([self = shared_from_this(), c = std::move(c)]() mutable { self->on_command(std::move(c)); }));
 }
 
 /// Pool strand.
-inline void pool_core::on_command(command c) {
+COROPOOL_DECL void pool_core::on_command(command c) {
   if (stopping()) return c.done->complete(errc::shutting_down);
   if (c.key.empty()) return c.done->complete(errc::invalid_argument);
   key_state& k = key_for(c.key);
@@ -40,7 +40,7 @@ inline void pool_core::on_command(command c) {
   advance_commands(k);
 }
 
-inline void pool_core::scale(key_state& k, std::size_t target) {
+COROPOOL_DECL void pool_core::scale(key_state& k, std::size_t target) {
   k.spawn.warm = true;
   std::size_t live = k.gauges.live_workers.load(std::memory_order_relaxed);
   if (live < target) {
@@ -66,7 +66,7 @@ inline void pool_core::scale(key_state& k, std::size_t target) {
   for (auto& w : busy) stop_gracefully(w);
 }
 
-inline void pool_core::evict(key_state& k) {
+COROPOOL_DECL void pool_core::evict(key_state& k) {
   log_->info("coropool: evicting key '{}' ({} worker(s)) once its queue drains", k.name,
              k.gauges.live_workers.load(std::memory_order_relaxed));
   k.spawn.warm = false;
@@ -75,7 +75,7 @@ inline void pool_core::evict(key_state& k) {
 }
 
 /// Completes the commands whose work is done and moves restarts on.
-inline void pool_core::advance_commands(key_state& k) {
+COROPOOL_DECL void pool_core::advance_commands(key_state& k) {
   auto& ops = k.commands;
   if (stopping()) {  // what commands were waiting for will not come: no load, no restart after shutdown began
     for (auto& op : std::exchange(ops.scale_ops, {})) op.done->complete(errc::shutting_down);
@@ -130,7 +130,7 @@ inline void pool_core::advance_commands(key_state& k) {
 }
 
 /// A restart's replacement failed to load: the workers left keep serving.
-inline void pool_core::abort_restart(key_state& k) {
+COROPOOL_DECL void pool_core::abort_restart(key_state& k) {
   k.commands.restart_left.clear();
   for (auto& done : std::exchange(k.commands.restart_ops, {})) done->complete(errc::spawn_failed);
 }

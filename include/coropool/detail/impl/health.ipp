@@ -8,12 +8,12 @@
 namespace coropool::detail {
 
 /// Arms the tick while the pool has workers.
-inline void pool_core::start_maintenance() {
+COROPOOL_DECL void pool_core::start_maintenance() {
   if (stopping() || live_workers_ == 0) return;
   tick_.arm([self = shared_from_this()] { self->on_tick(); });
 }
 
-inline void pool_core::on_tick() {
+COROPOOL_DECL void pool_core::on_tick() {
   if (stopping()) return;  // shutdown has its own deadline
   const auto now = clock::now();
   const auto due = tick_.take_due(now);
@@ -31,7 +31,7 @@ inline void pool_core::on_tick() {
   start_maintenance();
 }
 
-inline void pool_core::health_sweep(clock::time_point now) {
+COROPOOL_DECL void pool_core::health_sweep(clock::time_point now) {
   for (key_state* k : all_keys()) {
     for (auto w : std::vector(k->spawn.workers)) {  // declare_dead changes the list
       if (!w->pool.ready) continue;                 // loads are bounded by spawn_timeout's callers, not pinged
@@ -48,7 +48,7 @@ inline void pool_core::health_sweep(clock::time_point now) {
 
 /// Pings a worker unless its last ping is unanswered: a function on the
 /// worker's strand, beside its coroutine, that posts its pong back here.
-inline void pool_core::ping(const std::shared_ptr<worker_record>& w) {
+COROPOOL_DECL void pool_core::ping(const std::shared_ptr<worker_record>& w) {
   if (w->shared.ping_pending.exchange(true, std::memory_order_acq_rel)) return;
   asio::post(w->strand, task([self = shared_from_this(), w] {
                w->shared.ping_pending.store(false, std::memory_order_release);
@@ -59,14 +59,14 @@ inline void pool_core::ping(const std::shared_ptr<worker_record>& w) {
              }));
 }
 
-inline void pool_core::on_pong(const pong& p) {
+COROPOOL_DECL void pool_core::on_pong(const pong& p) {
   if (p.worker->pool.retired) return;
   p.worker->pool.last_pong = clock::now();
   p.worker->pool.reported_progress = p.last_progress;
 }
 
 /// Stops workers parked for idle_timeout, oldest first, down to min_workers_per_key.
-inline void pool_core::evict_idle(key_state& k, clock::time_point now) {
+COROPOOL_DECL void pool_core::evict_idle(key_state& k, clock::time_point now) {
   const std::size_t live = k.gauges.live_workers.load(std::memory_order_relaxed);
   if (live <= config_.min_workers_per_key) return;
   auto released = k.queue.release_idle(live - config_.min_workers_per_key, now, config_.idle_timeout);

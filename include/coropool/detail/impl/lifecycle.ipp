@@ -10,18 +10,18 @@
 namespace coropool::detail {
 
 /// Worker strand, as its coroutine starts.
-inline bool pool_core::worker_starts(worker_record& w) {
+COROPOOL_DECL bool pool_core::worker_starts(worker_record& w) {
   return w.shared.state.transition(worker_state::loading) && !w.shared.stop_requested.load(std::memory_order_acquire);
 }
 
 /// Worker strand, once its model is loaded.
-inline void pool_core::worker_loaded(std::shared_ptr<worker_record> w) {
+COROPOOL_DECL void pool_core::worker_loaded(std::shared_ptr<worker_record> w) {
   w->shared.state.transition(worker_state::ready);
   w->own.last_progress = clock::now();
   asio::defer(strand_, task([self = shared_from_this(), w = std::move(w)] { self->on_loaded(w); }));
 }
 
-inline void pool_core::on_loaded(const std::shared_ptr<worker_record>& w) {
+COROPOOL_DECL void pool_core::on_loaded(const std::shared_ptr<worker_record>& w) {
   key_state& k = *w->key;
   if (w->pool.retired) return;  // stopped while its load ended
   --k.spawn.loading;
@@ -39,7 +39,7 @@ inline void pool_core::on_loaded(const std::shared_ptr<worker_record>& w) {
 
 /// Takes a worker out of its key's routing: it counts no more as one of
 /// the key's workers, although its coroutine may still be running.
-inline void pool_core::retire(const std::shared_ptr<worker_record>& w) {
+COROPOOL_DECL void pool_core::retire(const std::shared_ptr<worker_record>& w) {
   if (w->pool.retired) return;
   key_state& k = *w->key;
   w->pool.retired = true;
@@ -53,7 +53,7 @@ inline void pool_core::retire(const std::shared_ptr<worker_record>& w) {
   if (!w->own.finished) retired_.push_back(w);
 }
 
-inline void pool_core::on_exit(const std::shared_ptr<worker_record>& w, const std::exception_ptr& e) {
+COROPOOL_DECL void pool_core::on_exit(const std::shared_ptr<worker_record>& w, const std::exception_ptr& e) {
   key_state& k = *w->key;
   --live_workers_;
   const bool was_routable = !w->pool.retired;
@@ -113,14 +113,14 @@ inline void pool_core::on_exit(const std::shared_ptr<worker_record>& w, const st
 
 /// Fails the request a worker holds, if it is not done already; a worker
 /// lost counts against its key's breaker.
-inline void pool_core::fail_current(worker_record& w, error_code ec) {
+COROPOOL_DECL void pool_core::fail_current(worker_record& w, error_code ec) {
   if (auto lost = w.key->queue.claim_current(w, ec)) lost->fail(ec, nullptr);
 }
 
 /// Stops a worker now: a parked one is handed null, and whatever it awaits
 /// (its load, its handler's operation) is cancelled. The signal is emitted
 /// on the worker's own strand, where its coroutine runs.
-inline void pool_core::request_stop(const std::shared_ptr<worker_record>& w, errc because) {
+COROPOOL_DECL void pool_core::request_stop(const std::shared_ptr<worker_record>& w, errc because) {
   w->shared.cancelled_because.store(because, std::memory_order_release);
   stop_gracefully(w);
   asio::post(w->strand, task([w] {
@@ -130,7 +130,7 @@ inline void pool_core::request_stop(const std::shared_ptr<worker_record>& w, err
 
 /// Stops a worker once it has finished what it is doing: a parked one at
 /// once, a busy one after its current request; it takes no new one.
-inline void pool_core::stop_gracefully(const std::shared_ptr<worker_record>& w) {
+COROPOOL_DECL void pool_core::stop_gracefully(const std::shared_ptr<worker_record>& w) {
   w->shared.stop_requested.store(true, std::memory_order_release);
   w->shared.state.begin_eviction();
   if (auto parked = w->key->queue.release_idle(*w)) stop_parked({std::move(parked)});
@@ -139,7 +139,7 @@ inline void pool_core::stop_gracefully(const std::shared_ptr<worker_record>& w) 
 
 /// Stops workers taken off their key's idle list: each is retired and
 /// handed null, which makes its coroutine leave.
-inline void pool_core::stop_parked(std::vector<std::shared_ptr<worker_record>> released) {
+COROPOOL_DECL void pool_core::stop_parked(std::vector<std::shared_ptr<worker_record>> released) {
   for (auto& w : released) {
     w->shared.stop_requested.store(true, std::memory_order_release);
     w->shared.state.begin_eviction();
@@ -152,7 +152,7 @@ inline void pool_core::stop_parked(std::vector<std::shared_ptr<worker_record>> r
 /// health_timeout) or stuck on a request past its deadline: it leaves
 /// routing now, its caller is completed, a replacement is spawned where
 /// the key needs one, and its coroutine is cancelled.
-inline void pool_core::declare_dead(const std::shared_ptr<worker_record>& w, error_code ec, const char* why) {
+COROPOOL_DECL void pool_core::declare_dead(const std::shared_ptr<worker_record>& w, error_code ec, const char* why) {
   key_state& k = *w->key;
   log_->error("coropool: key '{}' worker {} declared dead: {} (last progress reported {} ms ago)", k.name, w->id, why,
               std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - w->pool.reported_progress).count());

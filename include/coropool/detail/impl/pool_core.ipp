@@ -14,7 +14,7 @@
 
 namespace coropool::detail {
 
-inline pool_core::pool_core(executor ex, PoolConfig config, worker_body body)
+COROPOOL_DECL pool_core::pool_core(executor ex, PoolConfig config, worker_body body)
     : executor_(std::move(ex)),
       context_(asio::query(executor_, asio::execution::context)),
       strand_(asio::make_strand(executor_)),
@@ -42,7 +42,7 @@ inline pool_core::pool_core(executor ex, PoolConfig config, worker_body body)
   }
 }
 
-inline std::shared_ptr<pool_core> pool_core::create(executor ex, PoolConfig config, worker_body body) {
+COROPOOL_DECL std::shared_ptr<pool_core> pool_core::create(executor ex, PoolConfig config, worker_body body) {
   auto core = std::make_shared<pool_core>(ex, std::move(config), std::move(body));
   auto& registry = asio::use_service<pool_registry>(asio::query(ex, asio::execution::context));
   registry.add(core);
@@ -60,13 +60,13 @@ inline std::shared_ptr<pool_core> pool_core::create(executor ex, PoolConfig conf
   return core;
 }
 
-inline pool_core::~pool_core() {
+COROPOOL_DECL pool_core::~pool_core() {
   if (auto* registry = registry_.load(std::memory_order_acquire)) registry->remove(this);
   // The owned compute pool joins its threads here. Every worker has finished
   // by now, and with them every offload of theirs: the threads are idle.
 }
 
-inline key_state* pool_core::find_key(const std::string& name) const {
+COROPOOL_DECL key_state* pool_core::find_key(const std::string& name) const {
   std::lock_guard lock(keys_mutex_);
   auto it = keys_.find(name);
   return it == keys_.end() ? nullptr : it->second.get();
@@ -76,7 +76,7 @@ inline key_state* pool_core::find_key(const std::string& name) const {
 /// shutdown has begun is born closed: shutdown raises stopping_ under
 /// keys_mutex_ before it closes the keys it finds, so a submit racing it to
 /// a new key is refused with shutting_down either way.
-inline key_state& pool_core::key_for(const std::string& name) {
+COROPOOL_DECL key_state& pool_core::key_for(const std::string& name) {
   std::lock_guard lock(keys_mutex_);
   auto& slot = keys_[name];
   if (!slot) {
@@ -87,7 +87,7 @@ inline key_state& pool_core::key_for(const std::string& name) {
 }
 
 /// Every key, for the strand's sweeps: keys_ grows under its mutex from any thread.
-inline std::vector<key_state*> pool_core::all_keys() const {
+COROPOOL_DECL std::vector<key_state*> pool_core::all_keys() const {
   std::lock_guard lock(keys_mutex_);
   std::vector<key_state*> keys;
   keys.reserve(keys_.size());

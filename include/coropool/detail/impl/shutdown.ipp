@@ -10,14 +10,7 @@
 namespace coropool::detail {
 
 /// Any thread.
-template <class Handler>
-void pool_core::start_shutdown_op(clock::duration deadline, Handler&& handler) {
-  start_shutdown(deadline, std::make_unique<completion_op<std::decay_t<Handler>, error_code>>(
-                               std::forward<Handler>(handler), executor_));
-}
-
-/// Any thread.
-inline void pool_core::start_shutdown(clock::duration deadline, std::unique_ptr<completion<error_code>> op) {
+COROPOOL_DECL void pool_core::start_shutdown(clock::duration deadline, std::unique_ptr<completion<error_code>> op) {
   asio::dispatch(strand_, task([self = shared_from_this(), deadline, op = std::shared_ptr(std::move(op))] {
                    self->shutdown(deadline, op);
                  }));
@@ -25,7 +18,7 @@ inline void pool_core::start_shutdown(clock::duration deadline, std::unique_ptr<
 
 /// Starts shutdown, or joins the one under way; of several calls, the
 /// earliest deadline holds (a Pool destroyed during a long drain stops it now).
-inline void pool_core::shutdown(clock::duration deadline, const std::shared_ptr<completion<error_code>>& op) {
+COROPOOL_DECL void pool_core::shutdown(clock::duration deadline, const std::shared_ptr<completion<error_code>>& op) {
   if (op) shutdown_ops_.push_back(op);
   if (!stopping()) {
     {
@@ -53,21 +46,26 @@ inline void pool_core::shutdown(clock::duration deadline, const std::shared_ptr<
   if (live_workers_ == 0) finish_shutdown();
 }
 
-/// Shutdown, step one: close every key. Queued requests still drain to
-/// their workers, which leave once their key's queue is empty.
-inline void pool_core::close_keys() {
+/// Shutdown, step one: close every key and complete its waiting commands.
+/// Queued requests still drain to their workers, which leave once their key's
+/// queue is empty.
+COROPOOL_DECL void pool_core::close_keys() {
   for (key_state* k : all_keys()) {
     k->waiters.finish_all(errc::shutting_down);
     stop_parked(k->queue.close());
     if (k->spawn.loading == 0 && k->gauges.ready_workers.load(std::memory_order_relaxed) == 0) {
       k->queue.fail_all(errc::shutting_down);  // nobody will serve them
     }
+    // Commands waiting for work that will not come now (a load, a spawn
+    // waiting for memory, a restart) complete here: a key whose workers are
+    // all gone may never see advance_commands again.
+    advance_commands(*k);
   }
 }
 
 /// Shutdown, at the deadline: what is left fails with shutting_down and
 /// every worker, loading or serving, is stopped.
-inline void pool_core::abandon_work() {
+COROPOOL_DECL void pool_core::abandon_work() {
   for (key_state* k : all_keys()) {
     k->queue.fail_all(errc::shutting_down);
     for (auto& w : std::vector(k->spawn.workers)) request_stop(w, errc::shutting_down);  // it retires: copy the list
@@ -75,7 +73,7 @@ inline void pool_core::abandon_work() {
   for (auto& w : std::vector(retired_)) request_stop(w, errc::shutting_down);
 }
 
-inline void pool_core::finish_shutdown() {
+COROPOOL_DECL void pool_core::finish_shutdown() {
   shutdown_timer_.cancel();
   tick_.cancel();
   for (key_state* k : all_keys()) k->queue.disarm();  // nothing is outstanding: the timers release the core
@@ -87,7 +85,7 @@ inline void pool_core::finish_shutdown() {
 /// The execution context is being destroyed: drop every parked worker and
 /// every request's handler without calling them, as Asio drops its own
 /// pending operations, so that the coroutines they own are destroyed.
-inline void pool_core::abandon() noexcept {
+COROPOOL_DECL void pool_core::abandon() noexcept {
   registry_.store(nullptr, std::memory_order_release);
   for (key_state* k : all_keys()) k->queue.abandon();
 }

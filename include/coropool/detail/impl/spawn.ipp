@@ -12,7 +12,7 @@ namespace coropool::detail {
 /// flight nothing more is spawned, and the key's attention stays raised so
 /// that submits stop posting here: the load's end (on_loaded, on_exit) calls
 /// attend() again.
-inline void pool_core::attend(key_state& k) {
+COROPOOL_DECL void pool_core::attend(key_state& k) {
   if (stopping() || spawning(k)) return;
   k.gauges.attention_pending.store(false, std::memory_order_release);
   const auto view = k.queue.backlog();
@@ -28,7 +28,7 @@ inline void pool_core::attend(key_state& k) {
 
 /// Starts one spawn wave unless the key has workers or one is under way:
 /// however many callers ask, a cold key is loaded once.
-inline void pool_core::ensure_spawning(key_state& k) {
+COROPOOL_DECL void pool_core::ensure_spawning(key_state& k) {
   if (spawning(k) || k.gauges.ready_workers.load(std::memory_order_relaxed) > 0) return;
   const std::size_t n = config_.cold_start_workers;
   log_->info("coropool: key '{}' is cold, spawning {} worker(s)", k.name, n);
@@ -40,7 +40,7 @@ inline void pool_core::ensure_spawning(key_state& k) {
 
 /// No worker of `k` could be spawned within the memory budget: its
 /// waiters, and its requests if nobody serves them, fail with memory_exhausted.
-inline void pool_core::fail_for_memory(key_state& k) {
+COROPOOL_DECL void pool_core::fail_for_memory(key_state& k) {
   log_->warn("coropool: key '{}' has no room in the memory budget ({} of {} bytes reserved)", k.name,
              memory_.governor().reserved(), memory_.governor().budget());
   k.waiters.finish_all(errc::memory_exhausted);
@@ -48,7 +48,7 @@ inline void pool_core::fail_for_memory(key_state& k) {
   disarm_request_timer_if_unused(k);
 }
 
-inline std::uint64_t pool_core::footprint(key_state& k) {
+COROPOOL_DECL std::uint64_t pool_core::footprint(key_state& k) {
   if (!k.spawn.footprint) k.spawn.footprint = config_.worker_footprint ? config_.worker_footprint(k.name) : 0;
   return *k.spawn.footprint;
 }
@@ -56,7 +56,7 @@ inline std::uint64_t pool_core::footprint(key_state& k) {
 /// Adds a worker to `k` if its footprint fits the memory budget, or can be
 /// made to fit by evicting idle workers of other keys, least recently used
 /// first: the spawn then waits until they have ended. False when neither.
-inline bool pool_core::spawn_worker(key_state& k) {
+COROPOOL_DECL bool pool_core::spawn_worker(key_state& k) {
   if (start_worker_if_room(k)) {
     k.spawn.memory_short = false;
     return true;
@@ -73,7 +73,7 @@ inline bool pool_core::spawn_worker(key_state& k) {
 
 /// Evicts idle workers of keys other than `k` until, once they have ended,
 /// `bytes` more fit. False, evicting nobody, when all of them would not do.
-inline bool pool_core::make_room(key_state& k, std::uint64_t bytes) {
+COROPOOL_DECL bool pool_core::make_room(key_state& k, std::uint64_t bytes) {
   const std::uint64_t need = memory_.shortfall(bytes);
   if (need == 0) return true;  // workers already leaving free enough
   std::vector<decltype(memory_)::candidate> candidates;
@@ -96,7 +96,7 @@ inline bool pool_core::make_room(key_state& k, std::uint64_t bytes) {
 
 /// Starts the spawns that waited for memory, in order, while they fit
 /// (at shutdown, drops them).
-inline void pool_core::start_waiting_spawns() {
+COROPOOL_DECL void pool_core::start_waiting_spawns() {
   memory_.start_waiting([this](key_state& k) {
     if (!stopping() && !start_worker_if_room(k)) return false;
     --k.spawn.memory_pending;
@@ -105,14 +105,14 @@ inline void pool_core::start_waiting_spawns() {
 }
 
 /// Reserves `k`'s footprint and starts a worker with it, if it fits now.
-inline bool pool_core::start_worker_if_room(key_state& k) {
+COROPOOL_DECL bool pool_core::start_worker_if_room(key_state& k) {
   memory_reservation reservation;
   if (!memory_.try_reserve(footprint(k), reservation)) return false;
   start_worker(k, std::move(reservation));
   return true;
 }
 
-inline void pool_core::start_worker(key_state& k, memory_reservation reservation) {
+COROPOOL_DECL void pool_core::start_worker(key_state& k, memory_reservation reservation) {
   auto w = std::make_shared<worker_record>(++next_worker_id_, &k, executor_);
   k.gauges.memory_reserved.fetch_add(reservation.bytes(), std::memory_order_relaxed);
   w->pool.reservation = std::move(reservation);
@@ -137,7 +137,7 @@ inline void pool_core::start_worker(key_state& k, memory_reservation reservation
 }
 
 /// Keeps a warm key at min_workers_per_key.
-inline void pool_core::refill(key_state& k) {
+COROPOOL_DECL void pool_core::refill(key_state& k) {
   if (stopping() || !k.spawn.warm || spawning(k)) return;
   if (k.queue.breaker_refuses(clock::now())) return;  // an open breaker loads nothing
   std::size_t live = k.gauges.live_workers.load(std::memory_order_relaxed);
@@ -148,7 +148,7 @@ inline void pool_core::refill(key_state& k) {
 
 /// A key with no workers and no outstanding request needs no deadline
 /// timer: disarming it leaves an idle pool with no pending operation.
-inline void pool_core::disarm_request_timer_if_unused(key_state& k) {
+COROPOOL_DECL void pool_core::disarm_request_timer_if_unused(key_state& k) {
   if (!k.spawn.workers.empty() || k.spawn.loading > 0) return;
   k.queue.disarm_if_idle();
 }

@@ -6,22 +6,22 @@
 
 namespace coropool::detail {
 
-inline std::size_t pool_core::queued_requests(const std::string& key) const {
+COROPOOL_DECL std::size_t pool_core::queued_requests(const std::string& key) const {
   key_state* k = find_key(key);
   return k ? k->queue.queued() : 0;
 }
 
-inline std::size_t pool_core::live_workers(const std::string& key) const {
+COROPOOL_DECL std::size_t pool_core::live_workers(const std::string& key) const {
   key_state* k = find_key(key);
   return k ? k->gauges.live_workers.load(std::memory_order_acquire) : 0;
 }
 
-inline std::size_t pool_core::ready_workers(const std::string& key) const {
+COROPOOL_DECL std::size_t pool_core::ready_workers(const std::string& key) const {
   key_state* k = find_key(key);
   return k ? k->gauges.ready_workers.load(std::memory_order_acquire) : 0;
 }
 
-inline PoolStats pool_core::stats() const {
+COROPOOL_DECL PoolStats pool_core::stats() const {
   PoolStats s;
   s.rejected = rejected_.load(std::memory_order_relaxed);
   s.memory_budget = memory_.governor().budget();
