@@ -57,7 +57,7 @@ struct fixture {
               nullptr) {}
 
   std::shared_ptr<worker_record> worker() {
-    auto w = std::make_shared<worker_record>(++ids, nullptr, ioc.get_executor());
+    auto w = std::make_shared<worker_record>(ids.fetch_add(1) + 1, nullptr, ioc.get_executor());
     w->shared.state.transition(worker_state::loading);
     w->shared.state.transition(worker_state::ready);
     return w;
@@ -85,7 +85,7 @@ struct fixture {
 
   asio::io_context ioc;
   key_queue queue;
-  std::uint64_t ids = 0;
+  std::atomic<std::uint64_t> ids{0};  // workers are made on the race test's threads
 };
 
 }  // namespace
