@@ -535,6 +535,8 @@ struct Outcomes {
   std::array<KeyOutcomes, stress_keys> by_key;
   std::atomic<int> wrong{0};
   std::atomic<int> blocked{0};  // requests whose handler blocked its thread
+  std::atomic<int> slow{0};     // requests whose handler outlived their deadline
+  std::atomic<int> slow_wrong{0};
   std::atomic<int> clients_done{0};
 
   std::uint64_t total(std::atomic<std::uint64_t> KeyOutcomes::*field) const {
@@ -550,6 +552,8 @@ struct StressOptions {
   std::size_t capacity = 100;
   bool deaths = false;              // some handlers block their thread past health_timeout
   bool shutdown_at_random = false;  // async_shutdown while the clients still submit
+
+  int slow_count() const { return (requests - 2 + 3999) / 4000; }  // plan_of: request % 4000 == 2
 };
 
 /// One client: submits its share in a closed loop. A request planned to be
@@ -583,6 +587,16 @@ asio::awaitable<void> stress_client(IntPool& pool, Outcomes& out, const StressOp
     // dead (worker_lost), the key's timer (request_timeout), or, when what would have ended it
     // waits behind the blocked thread, its own answer. Exactly once is what is checked.
     if (p == plan::blocks) out.blocked.fetch_add(1);
+    if (p == plan::slow) {
+      // It outlives its deadline: it times out, or its worker is declared dead first, when
+      // blocked threads hold back the worker's pong past health_timeout (with deaths only).
+      const error_code ec = error_of(error);
+      out.slow.fetch_add(1);
+      if (!(ec == errc::request_timeout || (options.deaths && ec == errc::worker_lost) ||
+            (options.shutdown_at_random && ec == errc::shutting_down))) {
+        out.slow_wrong.fetch_add(1);
+      }
+    }
     if (!error) {
       if (value == i + 1 && p != plan::throws && p != plan::slow) {
         k.answered.fetch_add(1);
@@ -710,6 +724,8 @@ void run_stress(const Executor& ex, Run run, const StressOptions& options) {
   CHECK(commands > 0);
   CHECK(handled <= options.requests);  // a cancelled queued request never reaches handle
   if (options.deaths && !options.shutdown_at_random) CHECK(out.blocked == (options.requests - 3 + 4999) / 5000);
+  CHECK(out.slow_wrong == 0);  // every slow request ended as it can, each counted where it is named below
+  if (!options.shutdown_at_random) CHECK(out.slow == options.slow_count());
 
   // The counters, key by key and bucket by bucket: each caller's outcome counted once, where it is named.
   const auto stats = pool.stats();
@@ -738,7 +754,8 @@ void run_stress(const Executor& ex, Run run, const StressOptions& options) {
   if (!options.shutdown_at_random) {
     CHECK(thrown > 0);
     CHECK(cancelled > 0);
-    CHECK(timed_out >= static_cast<std::uint64_t>(options.requests / 4000));  // every slow one at least
+    // Every slow one at least; with deaths, some of them may be lost with their worker (above).
+    CHECK(timed_out + (options.deaths ? lost : 0) >= static_cast<std::uint64_t>(options.slow_count()));
     CHECK(answered > static_cast<std::uint64_t>(options.requests / 2));
   }
 }
