@@ -19,7 +19,6 @@
 #include "coropool/detail/completion.hpp"
 #include "coropool/detail/worker_record.hpp"
 #include "coropool/error.hpp"
-#include "coropool/worker_state.hpp"
 
 #include <algorithm>
 #include <cstddef>
@@ -30,13 +29,10 @@
 
 namespace coropool::detail {
 
-/// A worker's answer to a ping: what the health sweep and stats see of it.
+/// A worker's answer to a ping: the health sweep reads its last progress.
 struct pong {
   std::shared_ptr<worker_record> worker;
-  worker_state state;
-  std::size_t in_flight;
-  std::uint64_t served;
-  clock::time_point last_progress;
+  clock::time_point last_progress;  // when it last loaded, or answered or started a request
 };
 
 /// A user's command, and the handler it completes.

@@ -52,9 +52,7 @@ COROPOOL_DECL void pool_core::ping(const std::shared_ptr<worker_record>& w) {
   if (w->shared.ping_pending.exchange(true, std::memory_order_acq_rel)) return;
   asio::post(w->strand, task([self = shared_from_this(), w] {
                w->shared.ping_pending.store(false, std::memory_order_release);
-               const worker_state state = w->shared.state.load();
-               pong p{w, state, state == worker_state::processing ? 1u : 0u,
-                      w->shared.served.load(std::memory_order_relaxed), w->own.last_progress};
+               pong p{w, w->own.last_progress};
                asio::post(self->strand_, task([self, p = std::move(p)] { self->on_pong(p); }));
              }));
 }
