@@ -7,6 +7,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <numeric>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -39,7 +41,22 @@ class probe_request final : public request_base {
 
 using probe_ptr = boost::intrusive_ptr<probe_request>;
 
-probe_ptr make_request() { return probe_ptr(new probe_request); }
+probe_ptr make_request(std::uint8_t priority = 0) {
+  probe_ptr r(new probe_request);
+  r->priority = priority;
+  return r;
+}
+
+/// The default levels' weights, and the bound PoolConfig::priority_weights documents.
+const std::vector<unsigned> default_weights = PoolConfig{}.priority_weights;
+
+std::size_t starvation_bound(const std::vector<unsigned>& weights, std::size_t level) {
+  std::size_t bound = 0;
+  for (std::size_t j = 0; j < weights.size(); ++j) {
+    if (j != level) bound += (weights[j] + weights[level] - 1) / weights[level] + 1;
+  }
+  return bound;
+}
 
 /// The completion a parked worker is handed its next request (or null) through.
 class parked_slot final : public detail::completion<request_ptr> {
@@ -55,6 +72,8 @@ struct fixture {
   explicit fixture(std::size_t capacity = 4, pool_clock::duration timeout = 1h, std::size_t failure_threshold = 0)
       : queue("k", ioc.get_executor(), {capacity, timeout}, detail::circuit_breaker(failure_threshold, 1h, 1), {},
               nullptr) {}
+  explicit fixture(key_queue::settings settings)
+      : queue("k", ioc.get_executor(), std::move(settings), detail::circuit_breaker(0, 1h, 1), {}, nullptr) {}
 
   std::shared_ptr<worker_record> worker() {
     auto w = std::make_shared<worker_record>(ids.fetch_add(1) + 1, nullptr, ioc.get_executor());
@@ -64,8 +83,8 @@ struct fixture {
   }
 
   /// Completes what enqueue() decided, as the pool does after the lock.
-  void submit(const probe_ptr& r, bool wait_for_room = true) {
-    auto admitted = queue.enqueue(r, wait_for_room);
+  void submit(const probe_ptr& r, bool wait_for_room = true, const SubmitOptions& options = {}) {
+    auto admitted = queue.enqueue(r, wait_for_room, options);
     if (admitted.refused) r->fail(admitted.refused, nullptr);
     if (admitted.wake) admitted.wake->complete(r);
   }
@@ -341,4 +360,222 @@ TEST_CASE("key queue: callers, cancellers, workers and the deadline sweep race; 
   CHECK(s.completed == static_cast<std::uint64_t>(answered.load()));
   CHECK(s.completed + s.cancelled + s.timed_out + s.failed + s.rejected == requests.size());
   CHECK(s.submitted + s.rejected == requests.size());
+}
+
+TEST_CASE("key queue: higher levels first, first in first out within a level", "[key_queue][priority]") {
+  fixture f(key_queue::settings{100, 1h, pool_clock::duration::max(), default_weights});
+  // Submitted in this order: a replaced system's max-heap served the newest of the lowest level first.
+  std::vector<probe_ptr> requests;
+  for (int level : {4, 4, 0, 2, 0, 2, 4}) {
+    requests.push_back(make_request(static_cast<std::uint8_t>(level)));
+    f.submit(requests.back());
+  }
+  CHECK(f.stats().queued_by_priority == std::vector<std::size_t>{2, 0, 2, 0, 3});
+  auto w = f.worker();
+  std::vector<request_base*> order;
+  while (auto r = f.queue.take(*w)) {
+    order.push_back(r.get());
+    fixture::answer(f.queue, *r, *w);
+  }
+  const std::vector<request_base*> expected = {requests[2].get(), requests[4].get(), requests[3].get(),
+                                               requests[5].get(), requests[0].get(), requests[1].get(),
+                                               requests[6].get()};
+  CHECK(order == expected);
+}
+
+TEST_CASE("key queue: one level is a plain FIFO", "[key_queue][priority]") {
+  fixture f(key_queue::settings{100, 1h, pool_clock::duration::max(), {1}});
+  std::vector<probe_ptr> requests;
+  for (int i = 0; i < 20; ++i) {
+    requests.push_back(make_request());
+    f.submit(requests.back());
+  }
+  auto w = f.worker();
+  for (int i = 0; i < 20; ++i) {
+    auto r = f.queue.take(*w);
+    REQUIRE(r == requests[static_cast<std::size_t>(i)]);
+    fixture::answer(f.queue, *r, *w);
+  }
+}
+
+TEST_CASE("key queue: saturated levels are served by their weights, none waits past its bound",
+          "[key_queue][priority]") {
+  const auto weights = GENERATE(std::vector<unsigned>{8, 4, 2, 1, 1}, std::vector<unsigned>{1, 1},
+                                std::vector<unsigned>{100, 3, 1}, std::vector<unsigned>{5, 7, 2});
+  CAPTURE(weights);
+  fixture f(key_queue::settings{1000, 1h, pool_clock::duration::max(), weights});
+  const std::size_t levels = weights.size();
+  // Every level kept full: each request taken is replaced by one of its level.
+  for (std::size_t level = 0; level < levels; ++level) {
+    for (int i = 0; i < 50; ++i) f.submit(make_request(static_cast<std::uint8_t>(level)));
+  }
+  const unsigned total = std::accumulate(weights.begin(), weights.end(), 0u);
+  const std::size_t rounds = 20;
+  std::vector<std::size_t> served(levels), last(levels, 0), longest_gap(levels, 0);
+  auto w = f.worker();
+  for (std::size_t i = 1; i <= rounds * total; ++i) {
+    auto r = f.queue.take(*w);
+    REQUIRE(r);
+    const std::size_t level = r->priority;
+    ++served[level];
+    longest_gap[level] = std::max(longest_gap[level], i - last[level] - 1);  // others taken in between
+    last[level] = i;
+    fixture::answer(f.queue, *r, *w);
+    f.submit(make_request(static_cast<std::uint8_t>(level)));
+  }
+  for (std::size_t level = 0; level < levels; ++level) {
+    CAPTURE(level);
+    CHECK(served[level] == rounds * weights[level]);  // exact shares over whole rounds
+    CHECK(longest_gap[level] <= starvation_bound(weights, level));
+  }
+}
+
+TEST_CASE("key queue: a low request under a saturating stream of high ones is taken within its bound",
+          "[key_queue][priority]") {
+  fixture f(key_queue::settings{1000, 1h, pool_clock::duration::max(), default_weights});
+  for (int i = 0; i < 100; ++i) f.submit(make_request(0));
+  auto w = f.worker();
+  for (int i = 0; i < 37; ++i) {  // the stream has run for a while
+    auto r = f.queue.take(*w);
+    fixture::answer(f.queue, *r, *w);
+    f.submit(make_request(0));
+  }
+  auto low = make_request(4);
+  f.submit(low);
+  std::size_t before = 0;
+  for (;;) {
+    auto r = f.queue.take(*w);
+    REQUIRE(r);
+    fixture::answer(f.queue, *r, *w);
+    if (r == low) break;
+    ++before;
+    f.submit(make_request(0));
+  }
+  CHECK(before <= starvation_bound({8, 1}, 1));  // level 0 against level 4 alone: 9
+  CHECK(before >= 1);  // but a higher level still goes first
+  CHECK(low->completions == 1);
+}
+
+TEST_CASE("key queue: a full queue holds back the newest lowest request for a higher one", "[key_queue][priority]") {
+  fixture f(key_queue::settings{2, 1h, pool_clock::duration::max(), default_weights});
+  auto low_old = make_request(4);
+  auto low_new = make_request(4);
+  auto urgent = make_request(0);
+  auto also_low = make_request(4);
+  auto urgent_2 = make_request(0);
+  auto urgent_3 = make_request(0);
+  f.submit(low_old);
+  f.submit(low_new);
+  f.submit(urgent, false);  // try_submit: admitted, low_new waits for room instead
+  CHECK(urgent->completions == 0);
+  CHECK(f.stats().held_back == 1);
+  CHECK(f.stats().waiting_for_room == 1);
+  CHECK(f.stats().queued_by_priority == std::vector<std::size_t>{1, 0, 0, 0, 1});
+  f.submit(also_low, false);  // nothing lower to hold back
+  CHECK(also_low->outcome == errc::queue_full);
+  f.submit(urgent_2, false);  // holds back low_old: both lows now wait, low_old first
+  CHECK(f.stats().held_back == 2);
+  f.submit(urgent_3, false);  // the queue is all level 0: refused
+  CHECK(urgent_3->outcome == errc::queue_full);
+  auto w = f.worker();
+  std::vector<request_base*> order;
+  while (auto r = f.queue.take(*w)) {
+    order.push_back(r.get());
+    fixture::answer(f.queue, *r, *w);
+  }
+  CHECK(order == std::vector<request_base*>{urgent.get(), urgent_2.get(), low_old.get(), low_new.get()});
+  for (auto& r : {low_old, low_new, urgent, urgent_2}) CHECK(r->completions == 1);
+  CHECK(f.stats().rejected == 2);
+  CHECK(f.stats().completed == 4);
+}
+
+TEST_CASE("key queue: a request whose deadline passed is never handed to a worker", "[key_queue][deadline]") {
+  fixture f;
+  auto late = make_request();
+  auto fresh = make_request();
+  SubmitOptions soon;
+  soon.timeout = 1ms;
+  f.submit(late, true, soon);
+  f.submit(fresh);
+  std::this_thread::sleep_for(5ms);  // the timer is not run: the take must see the deadline itself
+  auto w = f.worker();
+  CHECK(f.queue.take(*w) == fresh);
+  CHECK(late->completions == 1);
+  CHECK(late->outcome == errc::request_timeout);
+  CHECK(f.stats().expired_before_dispatch == 1);
+  CHECK(f.stats().timed_out == 1);
+  CHECK(fixture::answer(f.queue, *fresh, *w));
+}
+
+TEST_CASE("key queue: deadlines of every length, each at its instant", "[key_queue][deadline]") {
+  fixture f(16, 1h);
+  std::vector<std::pair<probe_ptr, pool_clock::duration>> requests;
+  for (pool_clock::duration timeout : std::vector<pool_clock::duration>{1h, 200ms, 30min, 20ms, 5ms, 1h}) {
+    requests.emplace_back(make_request(), timeout);
+    SubmitOptions options;
+    options.timeout = timeout;
+    f.submit(requests.back().first, true, options);
+  }
+  // The key's one timer re-arms for each shorter deadline: running its
+  // context for 100 ms expires exactly the two deadlines due by then.
+  f.ioc.run_for(100ms);
+  for (auto& [r, timeout] : requests) {
+    CAPTURE(timeout);
+    CHECK(r->completions == (timeout <= 20ms ? 1 : 0));
+  }
+  CHECK(f.stats().expired_before_dispatch == 2);
+  CHECK(f.stats().queued == 4);
+  f.queue.fail_all(errc::shutting_down);
+  for (auto& [r, timeout] : requests) CHECK(r->completions == 1);
+}
+
+TEST_CASE("key queue: a request's deadline is the earliest of its options, capped by the pool's maximum",
+          "[key_queue][deadline]") {
+  fixture f(key_queue::settings{16, 1h, 10min, {1}});
+  const auto before = pool_clock::now();
+  auto capped = make_request();
+  SubmitOptions long_one;
+  long_one.timeout = 24h;
+  f.submit(capped, true, long_one);
+  auto absolute = make_request();
+  SubmitOptions both;
+  both.timeout = 1min;
+  both.deadline = before + 2s;
+  f.submit(absolute, true, both);
+  const auto after = pool_clock::now();
+  CHECK(capped->deadline >= before + 10min);
+  CHECK(capped->deadline <= after + 10min);
+  CHECK(absolute->deadline == before + 2s);
+  auto past = make_request();
+  SubmitOptions gone;
+  gone.deadline = before - 1ms;
+  f.submit(past, true, gone);
+  CHECK(past->completions == 1);
+  CHECK(past->outcome == errc::request_timeout);
+  CHECK(f.stats().submitted == 3);  // accepted, and timed out at once: not a refusal
+  CHECK(f.stats().rejected == 0);
+  CHECK(f.stats().timed_out == 1);
+  f.queue.fail_all(errc::shutting_down);
+}
+
+TEST_CASE("key queue: a deadline during the handler cancels that handler, on its worker's strand",
+          "[key_queue][deadline]") {
+  fixture f;
+  auto r = make_request();
+  SubmitOptions soon;
+  soon.timeout = 10ms;
+  f.submit(r, true, soon);
+  auto w = f.worker();
+  REQUIRE(f.queue.take(*w) == r);
+  w->own.handling = r.get();  // as the worker loop marks the handler it runs
+  asio::cancellation_type seen = asio::cancellation_type::none;
+  w->own.stop_signal.slot().assign([&](asio::cancellation_type t) { seen = t; });
+  f.ioc.run_for(100ms);
+  CHECK(r->completions == 1);
+  CHECK(r->outcome == errc::request_timeout);
+  CHECK(seen == asio::cancellation_type::terminal);
+  CHECK(w->own.interrupted);
+  CHECK(f.stats().expired_in_handler == 1);
+  CHECK_FALSE(fixture::answer(f.queue, *r, *w));  // the late answer is discarded
+  CHECK(r->completions == 1);
 }

@@ -1,3 +1,4 @@
+#include <coropool/offload.hpp>
 #include <coropool/pool.hpp>
 
 #include <catch2/catch.hpp>
@@ -118,15 +119,16 @@ TEST_CASE("a worker that hangs is declared dead; its caller gets worker_lost and
   CHECK(script->started == 2);  // the first worker and its replacement
 }
 
-TEST_CASE("a worker stuck on a request past request_timeout is replaced", "[lifecycle]") {
+TEST_CASE("a handler past its request's deadline is cancelled then, and its worker serves on", "[lifecycle]") {
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
   PoolConfig config = TestConfig().fast_lifecycle();
   config.request_timeout = 100ms;
+  config.idle_timeout = 1h;  // the worker waits through the pause below: not evicted meanwhile
   std::atomic<int> cancelled{0};
   IntPool pool(ioc, config, scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
     if (request < 0) {
-      // Suspended, not blocking: it still answers pings, but its request never ends.
+      // Suspended, not blocking: its request would never end but for its deadline.
       asio::steady_timer never(co_await asio::this_coro::executor, 1h);
       auto [ec] = co_await never.async_wait(asio::as_tuple(asio::use_awaitable));
       if (ec) cancelled.fetch_add(1);
@@ -140,8 +142,9 @@ TEST_CASE("a worker stuck on a request past request_timeout is replaced", "[life
       [&]() -> asio::awaitable<void> {
         auto [e, v] = co_await pool.async_submit("bert", -1, asio::as_tuple(asio::use_awaitable));
         stuck_error = error_of(e);
-        const bool settled_1 = co_await eventually([&] { return cancelled == 1; });  // the sweep stopped it
+        const bool settled_1 = co_await eventually([&] { return cancelled == 1; });  // told at the deadline
         CHECK(settled_1);
+        co_await pause(300ms);  // twice health_timeout: a worker stuck past its deadline would be declared dead
         after = co_await pool.submit("bert", 1);
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
@@ -150,7 +153,47 @@ TEST_CASE("a worker stuck on a request past request_timeout is replaced", "[life
   CHECK(stuck_error == errc::request_timeout);
   CHECK(cancelled == 1);
   CHECK(after == 2);
-  CHECK(script->started == 2);
+  CHECK(script->started == 1);  // no replacement: the same worker served on
+  CHECK(pool.stats().keys.at("bert").deaths == 0);
+}
+
+TEST_CASE("a handler that ignores the cancellation at its deadline is declared dead health_timeout later",
+          "[lifecycle]") {
+  asio::io_context ioc(1);
+  auto script = std::make_shared<LoadScript>();
+  PoolConfig config = TestConfig().fast_lifecycle();
+  config.request_timeout = 50ms;
+  config.compute_threads = 1;
+  IntPool* pool_ptr = nullptr;
+  IntPool pool(ioc, config, scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
+    if (request < 0) {
+      // Blocking code on the compute executor: the worker answers pings, but
+      // nothing interrupts the call when the deadline cancels the handler.
+      co_await offload(pool_ptr->compute_executor(), [] { std::this_thread::sleep_for(600ms); });
+    }
+    co_return request + 1;
+  });
+  pool_ptr = &pool;
+  error_code stuck_error;
+  int after = 0;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        auto [e, v] = co_await pool.async_submit("bert", -1, asio::as_tuple(asio::use_awaitable));
+        stuck_error = error_of(e);
+        const bool replaced = co_await eventually([&] { return pool.stats().keys.at("bert").deaths == 1; });
+        CHECK(replaced);
+        after = co_await pool.submit("bert", 1);
+        co_await pool.async_shutdown(2s, asio::use_awaitable);
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(stuck_error == errc::request_timeout);
+  CHECK(after == 2);
+  CHECK(script->started == 2);  // the stuck worker, and its replacement
+  const auto k = pool.stats().keys.at("bert");
+  CHECK(k.timed_out == 1);
+  CHECK(k.expired_in_handler == 1);
 }
 
 TEST_CASE("requests queued behind a dead worker are served by its replacement, none lost", "[lifecycle]") {

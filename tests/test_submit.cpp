@@ -203,15 +203,24 @@ TEST_CASE("a full queue holds callers back, and try_submit fails with queue_full
   CHECK(log.seen.size() == submitted);
 }
 
-TEST_CASE("a request not answered within request_timeout fails, and the late answer is discarded", "[submit]") {
+TEST_CASE("a request not answered within request_timeout fails at its deadline, its handler is cancelled then, and "
+          "the late answer is discarded",
+          "[submit]") {
   asio::io_context ioc;
-  PoolConfig config = TestConfig().workers(2, 2);  // the second worker serves while the first is stuck
+  PoolConfig config = TestConfig().workers(2, 2);
   config.request_timeout = 30ms;
   std::atomic<int> finished_late{0};
+  std::atomic<int> saw_cancellation{0};
   IntPool pool(ioc, config, scripted_loader(std::make_shared<LoadScript>()),
                [&](Model&, int request) -> asio::awaitable<int> {
                  if (request == 0) {
-                   co_await pause(100ms);
+                   // Told at the deadline, this handler still answers: late, and discarded.
+                   asio::steady_timer t(co_await asio::this_coro::executor, 100ms);
+                   auto [ec] = co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+                   auto state = co_await asio::this_coro::cancellation_state;
+                   if (ec == asio::error::operation_aborted && state.cancelled() != asio::cancellation_type::none) {
+                     saw_cancellation.fetch_add(1);
+                   }
                    finished_late.fetch_add(1);
                  }
                  co_return request + 1;
@@ -235,7 +244,14 @@ TEST_CASE("a request not answered within request_timeout fails, and the late ans
   CHECK(slow_error == errc::request_timeout);
   CHECK(took < 100ms);  // not the handler's end: its own deadline
   CHECK(finished_late == 1);
-  CHECK(answer == 2);
+  CHECK(saw_cancellation == 1);
+  CHECK(answer == 2);  // the worker served on
+  const auto k = pool.stats().keys.at("bert");
+  CHECK(k.timed_out == 1);
+  CHECK(k.expired_in_handler == 1);
+  CHECK(k.expired_before_dispatch == 0);
+  CHECK(k.completed == 1);
+  CHECK(k.deaths == 0);
 }
 
 TEST_CASE("cancelling a queued request completes it at once and it is never handled", "[submit]") {

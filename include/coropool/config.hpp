@@ -15,6 +15,8 @@
 
 #include <boost/asio/any_io_executor.hpp>
 
+#include "coropool/detail/time.hpp"
+
 namespace spdlog {
 class logger;
 }
@@ -42,7 +44,25 @@ struct PoolConfig {
 
   /// How long a request may take from its submission to its answer,
   /// queueing included; then its caller gets `errc::request_timeout` (positive).
+  /// The default of requests whose SubmitOptions set no deadline.
   std::chrono::steady_clock::duration request_timeout = std::chrono::seconds(30);
+
+  /// The longest a request may ask for with SubmitOptions: a request's own
+  /// timeout or deadline may shorten it, never lengthen it (Triton's
+  /// `allow_timeout_override` rule). The default, `max()`, caps nothing.
+  /// At least `request_timeout`.
+  std::chrono::steady_clock::duration max_request_timeout = std::chrono::steady_clock::duration::max();
+
+  /// The priority levels and their weights: level 0 is the highest, and
+  /// `priority_weights.size()` levels exist (1 to 16). A worker that takes a
+  /// request serves the levels in proportion to their weights (stride
+  /// scheduling: of 16 requests taken while all five default levels wait,
+  /// 8, 4, 2, 1 and 1), so no level starves: the request at the head of
+  /// level `L` is taken within `sum over j != L of (ceil(w_j / w_L) + 1)`
+  /// requests of other levels (19 for the default's level 4, 4 for its
+  /// level 0). Within a level, first in first out. Each weight is 1 to 1024.
+  /// With one level the queue is the plain FIFO it was before levels existed.
+  std::vector<unsigned> priority_weights = {8, 4, 2, 1, 1};
 
   /// Chunks a stream buffers between its worker and its reader (at least 1);
   /// a writer waits for room beyond it.
@@ -116,6 +136,38 @@ struct PoolConfig {
   /// Where the pool logs spawns, load failures and timeouts. Null means
   /// `spdlog::default_logger()` as it is when the pool is constructed.
   std::shared_ptr<spdlog::logger> logger;
+};
+
+/// One request's own scheduling, for `Pool::submit` and its kin. Every
+/// field has a default; set only what differs.
+///
+/// @code
+/// coropool::SubmitOptions urgent;
+/// urgent.timeout = std::chrono::milliseconds(200);
+/// urgent.priority = 0;
+/// @endcode
+struct SubmitOptions {
+  /// The pool's clock (`std::chrono::steady_clock`; see `Pool::clock`).
+  using clock = detail::clock;
+
+  /// The request's time limit, from its submission to its answer: it covers
+  /// waiting for room, a cold key's load, the queue and the handler. Empty:
+  /// `PoolConfig::request_timeout`. Capped at `PoolConfig::max_request_timeout`.
+  /// Zero or negative is refused with `errc::invalid_argument`.
+  std::optional<clock::duration> timeout;
+
+  /// An absolute deadline, for a deadline that came with the request (a
+  /// client's, less what was spent before the submit). When both are set,
+  /// the earlier holds. A deadline already past completes the request at
+  /// once with `errc::request_timeout` (counted in KeyStats::timed_out): it
+  /// is the caller's deadline that passed, not a mistake in the call.
+  std::optional<clock::time_point> deadline;
+
+  /// The request's priority level: 0 is the highest, below
+  /// `PoolConfig::priority_weights.size()`; beyond it is refused with
+  /// `errc::invalid_argument`. Empty: the middle level,
+  /// `priority_weights.size() / 2` (2 of the default 0..4).
+  std::optional<unsigned> priority;
 };
 
 }  // namespace coropool

@@ -222,6 +222,9 @@ class Pool {
   /// Response must be default constructible, as for `co_spawn`. The handler
   /// runs on its associated executor, never inside the pool.
   ///
+  /// The request has the default SubmitOptions: `PoolConfig::request_timeout`
+  /// and the middle priority level.
+  ///
   /// @return What `token` makes of the operation (see `asio::async_result`):
   /// nothing for a plain handler, an awaitable for `asio::use_awaitable`.
   ///
@@ -234,10 +237,46 @@ class Pool {
   /// });
   /// @endcode
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
+  requires(!std::is_same_v<std::decay_t<CompletionToken>, SubmitOptions>)
   auto async_submit(std::string key, Request request,
                     CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
+    return async_submit(std::move(key), std::move(request), SubmitOptions{}, std::forward<CompletionToken>(token));
+  }
+
+  /// async_submit() with the request's own deadline and priority.
+  ///
+  /// The deadline (`options.timeout` from now, or `options.deadline`, the
+  /// earlier of the two; `PoolConfig::request_timeout` when neither) covers
+  /// everything: waiting for room, a cold key's load, the queue and the
+  /// handler. It holds at its instant: a request still queued then is never
+  /// handed to a worker; one being handled completes its caller with
+  /// `errc::request_timeout` at once, and its handler is told by its
+  /// coroutine's cancellation (an Asio operation it awaits completes with
+  /// `operation_aborted`; `co_await asio::this_coro::cancellation_state`
+  /// shows it), while the worker serves on. The priority picks the level the
+  /// request queues in (PoolConfig::priority_weights).
+  ///
+  /// @param key     The key; must not be empty.
+  /// @param request What `handle` receives.
+  /// @param options The request's deadline and priority (see SubmitOptions).
+  /// @param token   The completion token.
+  ///
+  /// @par Completion Signature
+  /// @code void(std::exception_ptr, Response) @endcode
+  /// As the other overload's, and a `system_error` with
+  /// `errc::invalid_argument` for a timeout that is not positive or a
+  /// priority beyond the levels; with `errc::request_timeout` at once for a
+  /// deadline already past.
+  ///
+  /// @return What `token` makes of the operation (see `asio::async_result`).
+  ///
+  /// @par Thread Safety
+  /// Any thread.
+  template <class CompletionToken = asio::default_completion_token_t<executor_type>>
+  auto async_submit(std::string key, Request request, SubmitOptions options,
+                    CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
     return asio::async_initiate<CompletionToken, void(std::exception_ptr, Response)>(
-        submit_initiation{core_.get(), true}, token, std::move(key), std::move(request));
+        submit_initiation{core_.get(), true}, token, std::move(key), std::move(request), std::move(options));
   }
 
   /// async_submit() that never waits for room: when the key's queue is full
@@ -259,10 +298,34 @@ class Pool {
   /// @par Thread Safety
   /// Any thread.
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
+  requires(!std::is_same_v<std::decay_t<CompletionToken>, SubmitOptions>)
   auto async_try_submit(std::string key, Request request,
                         CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
+    return async_try_submit(std::move(key), std::move(request), SubmitOptions{},
+                            std::forward<CompletionToken>(token));
+  }
+
+  /// async_try_submit() with the request's own deadline and priority (see
+  /// the async_submit() that takes SubmitOptions). A full queue admits it
+  /// when it holds a request of a lower level, which is held back instead.
+  ///
+  /// @param key     The key; must not be empty.
+  /// @param request What `handle` receives.
+  /// @param options The request's deadline and priority.
+  /// @param token   The completion token.
+  ///
+  /// @par Completion Signature
+  /// @code void(std::exception_ptr, Response) @endcode
+  ///
+  /// @return What `token` makes of the operation.
+  ///
+  /// @par Thread Safety
+  /// Any thread.
+  template <class CompletionToken = asio::default_completion_token_t<executor_type>>
+  auto async_try_submit(std::string key, Request request, SubmitOptions options,
+                        CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
     return asio::async_initiate<CompletionToken, void(std::exception_ptr, Response)>(
-        submit_initiation{core_.get(), false}, token, std::move(key), std::move(request));
+        submit_initiation{core_.get(), false}, token, std::move(key), std::move(request), std::move(options));
   }
 
   /// Submits a request and returns the worker's Response.
@@ -281,6 +344,18 @@ class Pool {
     return async_submit(std::move(key), std::move(request), asio::use_awaitable);
   }
 
+  /// submit() with the request's own deadline and priority (see the
+  /// async_submit() that takes SubmitOptions).
+  ///
+  /// @param key     The key; must not be empty.
+  /// @param request What `handle` receives.
+  /// @param options The request's deadline and priority.
+  /// @return An awaitable of the Response `handle` returned.
+  /// @throws as submit(); `errc::invalid_argument` for options out of range.
+  asio::awaitable<Response> submit(std::string key, Request request, SubmitOptions options) {
+    return async_submit(std::move(key), std::move(request), std::move(options), asio::use_awaitable);
+  }
+
   /// submit() that fails at once with `errc::queue_full` instead of waiting for room.
   ///
   /// @param key     The key; must not be empty.
@@ -290,6 +365,17 @@ class Pool {
   /// key's queue is full; otherwise as submit().
   asio::awaitable<Response> try_submit(std::string key, Request request) {
     return async_try_submit(std::move(key), std::move(request), asio::use_awaitable);
+  }
+
+  /// try_submit() with the request's own deadline and priority.
+  ///
+  /// @param key     The key; must not be empty.
+  /// @param request What `handle` receives.
+  /// @param options The request's deadline and priority.
+  /// @return An awaitable of the Response `handle` returned.
+  /// @throws as try_submit(); `errc::invalid_argument` for options out of range.
+  asio::awaitable<Response> try_submit(std::string key, Request request, SubmitOptions options) {
+    return async_try_submit(std::move(key), std::move(request), std::move(options), asio::use_awaitable);
   }
 
   /// Waits until `key` has a worker ready, spawning the key if it is cold.
@@ -398,17 +484,19 @@ class Pool {
   ///
   /// @param key     The key; must not be empty.
   /// @param request What `stream_handle` receives.
+  /// @param options The request's deadline (until a worker starts the
+  ///                stream) and priority.
   /// @return The caller's end of the stream, to read with Stream::next().
   ///
   /// @par Thread Safety
   /// Any thread.
-  Stream<Response> submit_stream(std::string key, Request request) {
+  Stream<Response> submit_stream(std::string key, Request request, SubmitOptions options = {}) {
     auto state = std::make_shared<detail::stream_state<Response>>(config().stream_buffer);
     state->register_with(core_->registry());
     using op_type = detail::stream_request_op<Request, Response, detail::stream_state<Response>>;
     boost::intrusive_ptr<op_type> op(new op_type(std::move(request), state));
     detail::request_ptr r(op);
-    core_->start_submit(std::move(op), key, true);
+    core_->start_submit(std::move(op), key, true, options);
     return Stream<Response>(std::move(state), [weak_core = std::weak_ptr<detail::pool_core>(core_), r] {
       if (auto core = weak_core.lock()) core->cancel_request(*r);
     });
@@ -586,11 +674,11 @@ class Pool {
     bool wait_for_room;
 
     template <class Handler>
-    void operator()(Handler&& handler, std::string key, Request request) const {
+    void operator()(Handler&& handler, std::string key, Request request, const SubmitOptions& options) const {
       using op_type = detail::request_op<Request, Response, std::decay_t<Handler>>;
       std::decay_t<Handler> h(std::forward<Handler>(handler));
       core->start_submit(op_type::create(std::move(request), std::move(h), core->get_executor(), &core->context()), key,
-                         wait_for_room);
+                         wait_for_room, options);
     }
   };
 

@@ -86,6 +86,13 @@ inline std::string to_prometheus(const PoolStats& stats, std::string_view prefix
   }
   per_key("queued_requests", "gauge", "Requests waiting in the key's queue.",
           [](const KeyStats& k) { return k.queued; });
+  header("queued_requests_by_priority", "gauge", "Requests waiting in the key's queue, by priority level.");
+  for (const auto& [key, k] : stats.keys) {
+    for (std::size_t i = 0; i < k.queued_by_priority.size(); ++i) {
+      sample("queued_requests_by_priority", key_label(key) + ",priority=\"" + std::to_string(i) + "\"",
+             static_cast<double>(k.queued_by_priority[i]));
+    }
+  }
   per_key("waiting_for_room", "gauge", "Callers held back by a full queue.",
           [](const KeyStats& k) { return k.waiting_for_room; });
   per_key("waiters", "gauge", "Callers waiting for workers.", [](const KeyStats& k) { return k.waiters; });
@@ -95,8 +102,15 @@ inline std::string to_prometheus(const PoolStats& stats, std::string_view prefix
           [](const KeyStats& k) { return k.completed; });
   per_key("requests_failed_total", "counter", "Requests answered with an error.",
           [](const KeyStats& k) { return k.failed; });
-  per_key("requests_timed_out_total", "counter", "Requests that ran past request_timeout.",
+  per_key("requests_timed_out_total", "counter", "Requests that ran past their deadline.",
           [](const KeyStats& k) { return k.timed_out; });
+  per_key("requests_expired_before_dispatch_total", "counter",
+          "Requests whose deadline passed before a worker took them.",
+          [](const KeyStats& k) { return k.expired_before_dispatch; });
+  per_key("requests_expired_in_handler_total", "counter", "Requests whose deadline passed while their handler ran.",
+          [](const KeyStats& k) { return k.expired_in_handler; });
+  per_key("requests_held_back_total", "counter", "Requests held back by a full queue for a higher priority.",
+          [](const KeyStats& k) { return k.held_back; });
   per_key("requests_cancelled_total", "counter", "Requests cancelled by their callers.",
           [](const KeyStats& k) { return k.cancelled; });
   per_key("requests_rejected_total", "counter", "Requests refused by a key.",
@@ -122,19 +136,27 @@ inline std::string to_prometheus(const PoolStats& stats, std::string_view prefix
   header("requests_refused_total", "counter", "Requests refused before reaching a key.");
   sample("requests_refused_total", "", static_cast<double>(stats.rejected));
 
-  header("request_latency_seconds", "histogram", "Submission to answer.");
-  for (const auto& [key, k] : stats.keys) {
-    std::uint64_t cumulative = 0;
-    for (std::size_t i = 0; i + 1 < LatencyHistogram::bucket_count; ++i) {  // the last bucket is +Inf's
-      cumulative += k.latency.buckets[i];
-      sample("request_latency_seconds_bucket",
-             key_label(key) + ",le=\"" + detail::format_number(LatencyHistogram::upper_bound_us(i) / 1e6) + "\"",
-             static_cast<double>(cumulative));
+  auto histogram = [&](std::string_view name, std::string_view help, auto field) {
+    header(name, "histogram", help);
+    const std::string n(name);
+    for (const auto& [key, k] : stats.keys) {
+      const LatencyHistogram& h = field(k);
+      std::uint64_t cumulative = 0;
+      for (std::size_t i = 0; i + 1 < LatencyHistogram::bucket_count; ++i) {  // the last bucket is +Inf's
+        cumulative += h.buckets[i];
+        sample(n + "_bucket",
+               key_label(key) + ",le=\"" + detail::format_number(LatencyHistogram::upper_bound_us(i) / 1e6) + "\"",
+               static_cast<double>(cumulative));
+      }
+      sample(n + "_bucket", key_label(key) + ",le=\"+Inf\"", static_cast<double>(h.count));
+      sample(n + "_sum", key_label(key), h.sum_us / 1e6);
+      sample(n + "_count", key_label(key), static_cast<double>(h.count));
     }
-    sample("request_latency_seconds_bucket", key_label(key) + ",le=\"+Inf\"", static_cast<double>(k.latency.count));
-    sample("request_latency_seconds_sum", key_label(key), k.latency.sum_us / 1e6);
-    sample("request_latency_seconds_count", key_label(key), static_cast<double>(k.latency.count));
-  }
+  };
+  histogram("request_latency_seconds", "Submission to answer.",
+            [](const KeyStats& k) -> const LatencyHistogram& { return k.latency; });
+  histogram("request_queue_seconds", "Submission until a worker took the request.",
+            [](const KeyStats& k) -> const LatencyHistogram& { return k.queue_time; });
   return out;
 }
 

@@ -13,6 +13,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace coropool {
 
@@ -120,6 +121,8 @@ struct KeyStats {
   /// it is marked failed or dead: those two entries read 0.
   std::array<std::size_t, worker_state_count> workers{};
   std::size_t queued = 0;            ///< Requests in the queue, waiting for a worker.
+  /// `queued` by priority level (index 0 the highest), one entry per level.
+  std::vector<std::size_t> queued_by_priority;
   std::size_t waiting_for_room = 0;  ///< Callers held back by a full queue.
   std::size_t waiters = 0;           ///< Callers in wait_for_workers.
   std::size_t in_flight = 0;         ///< Requests being handled: the workers in worker_state::processing.
@@ -133,7 +136,18 @@ struct KeyStats {
   std::uint64_t failed = 0;
   /// Requests completed with errc::request_timeout, whether the key's timer
   /// or the health sweep (a worker stuck past the deadline) ended them.
+  /// The sum of `expired_before_dispatch` and `expired_in_handler`.
   std::uint64_t timed_out = 0;
+  /// Requests whose deadline passed before a worker took them (waiting for
+  /// room, for a cold key's load, or in the queue), those submitted with a
+  /// deadline already past included. None of them reached a handler.
+  std::uint64_t expired_before_dispatch = 0;
+  /// Requests whose deadline passed while their handler ran: the caller was
+  /// completed at the deadline and the handler cancelled.
+  std::uint64_t expired_in_handler = 0;
+  /// Requests held back by a full queue to make room for a higher priority
+  /// (each waited for room again; see PoolConfig::priority_weights).
+  std::uint64_t held_back = 0;
   /// Requests completed with `operation_aborted`: cancelled by their callers,
   /// or withdrawn by a Stream's close().
   std::uint64_t cancelled = 0;
@@ -160,6 +174,10 @@ struct KeyStats {
   /// the pool ended (timed out, cancelled, failed by the pool) and streams are
   /// not recorded.
   LatencyHistogram latency;
+  /// Time from acceptance until a worker took the request (waiting for room,
+  /// a cold key's load and the queue), for every request handed to a worker:
+  /// with `latency`, whether a key is queueing or computing.
+  LatencyHistogram queue_time;
 
   /// The number of workers in state `s`.
   ///
@@ -197,6 +215,10 @@ struct PoolStats {
     for (const auto& [name, k] : keys) {
       for (std::size_t i = 0; i < worker_state_count; ++i) t.workers[i] += k.workers[i];
       t.queued += k.queued;
+      if (t.queued_by_priority.size() < k.queued_by_priority.size()) {
+        t.queued_by_priority.resize(k.queued_by_priority.size());
+      }
+      for (std::size_t i = 0; i < k.queued_by_priority.size(); ++i) t.queued_by_priority[i] += k.queued_by_priority[i];
       t.waiting_for_room += k.waiting_for_room;
       t.waiters += k.waiters;
       t.in_flight += k.in_flight;
@@ -204,6 +226,9 @@ struct PoolStats {
       t.completed += k.completed;
       t.failed += k.failed;
       t.timed_out += k.timed_out;
+      t.expired_before_dispatch += k.expired_before_dispatch;
+      t.expired_in_handler += k.expired_in_handler;
+      t.held_back += k.held_back;
       t.cancelled += k.cancelled;
       t.rejected += k.rejected;
       t.loads += k.loads;

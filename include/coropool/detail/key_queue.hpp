@@ -11,9 +11,24 @@
 //
 // Where a request is. From acceptance until it is done, a request is in
 // `outstanding_` (ordered by deadline, holding a reference to it) and in
-// exactly one of: `room_waiters_` (the queue was full), `queue_`, a worker's
-// hands (worker_record::queue.current). Idle workers exist only when `queue_`
-// is empty; room waiters only when it is full.
+// exactly one of: its level's `waiting_room` (the queue was full), its
+// level's `queued`, a worker's hands (worker_record::queue.current). Idle
+// workers exist only when nothing is queued; room waiters only when the
+// queue is full.
+//
+// Priorities. Each level has its own FIFO. A worker takes from the non-empty
+// level with the smallest pass, which then advances by its stride (a large
+// constant over its weight): stride scheduling, so that levels are served in
+// proportion to their weights. A level that was empty rejoins one stride
+// after the pass of the last request taken (virtual_time_): it cannot hoard
+// turns while empty, the others cannot have run far ahead of it, and a
+// higher level that arrives with a lower one is served first (its stride is
+// shorter). Every pass of a non-empty level is thus within one of its strides
+// of virtual_time_, which bounds how many requests of level j can be taken
+// before the head of level L: ceil(w_j / w_L) + 1 (PoolConfig::priority_weights).
+// A full queue makes room for a higher level by holding back the newest
+// request of the lowest level below it: that request waits for room again,
+// first among its level's.
 //
 // Exactly once. A caller is completed by whoever moves its request's phase
 // to `done` under the lock (claim), and only by them: every member that
@@ -21,26 +36,35 @@
 // unlocking. A path that comes later (an answer after the timeout, a
 // cancellation after the answer) finds `done` and does nothing.
 //
-// Deadlines. Requests share the pool's request_timeout, so deadlines come in
-// the order of acceptance: one timer per key, at the oldest, covers them all.
-// It is left armed when requests finish early: it then fires once, finds
-// nothing due, and is not re-armed (or the pool disarms it when the key has
-// no worker left). Armed whenever a request is outstanding, it also keeps the
-// pool's execution context running for the callers that run there (see
-// request_work); that is why requests that never time out arm it at max(),
-// where it never fires.
+// Deadlines. One timer per key, at the earliest deadline of its outstanding
+// requests (`outstanding_` is ordered by deadline). Requests with the
+// pool's request_timeout arrive in deadline order: they are inserted at the
+// end, in constant time, and never move the timer; a request with a shorter
+// deadline re-arms it. It is left armed when requests finish early: it then
+// fires once, finds nothing due, and is not re-armed (or the pool disarms it
+// when the key has no worker left). Armed whenever a request is outstanding,
+// it also keeps the pool's execution context running for the callers that
+// run there (see request_work); that is why requests that never time out arm
+// it at max(), where it never fires.
+//
+// A deadline ends its request wherever it is: a queued one is never handed
+// to a worker (take checks, should the timer be late), and the handler of
+// one in flight is told by its coroutine's cancellation (interrupt_handler),
+// while its caller is completed at once and the late answer discarded.
 
 #include "coropool/detail/asio.hpp"
 #include "coropool/detail/breaker.hpp"
 #include "coropool/detail/completion.hpp"
 #include "coropool/detail/request.hpp"
 #include "coropool/detail/spin_mutex.hpp"
+#include "coropool/config.hpp"
 #include "coropool/detail/worker_record.hpp"
 #include "coropool/error.hpp"
 #include "coropool/stats.hpp"
 
 #include <spdlog/logger.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -58,8 +82,10 @@ class key_queue {
   using worker_ptr = std::shared_ptr<worker_record>;
 
   struct settings {
-    std::size_t capacity;             // PoolConfig::queue_capacity
-    clock::duration request_timeout;  // PoolConfig::request_timeout
+    std::size_t capacity;                                                 // PoolConfig::queue_capacity
+    clock::duration request_timeout;                                      // PoolConfig::request_timeout
+    clock::duration max_request_timeout = clock::duration::max();        // PoolConfig::max_request_timeout
+    std::vector<unsigned> priority_weights = std::vector<unsigned>{1};   // PoolConfig::priority_weights
   };
 
   /// `owner` is kept alive by the armed deadline timer (the pool's core, which
@@ -67,18 +93,23 @@ class key_queue {
   key_queue(std::string key_name, const executor& ex, settings limits, circuit_breaker breaker,
             std::weak_ptr<const void> owner, spdlog::logger* log)
       : name_(std::move(key_name)),
-        limits_(limits),
+        limits_(std::move(limits)),
         owner_(std::move(owner)),
         log_(log),
         breaker_(breaker),
-        timer_(ex) {}
+        timer_(ex) {
+    levels_.resize(limits_.priority_weights.size());
+    for (std::size_t i = 0; i < levels_.size(); ++i) levels_[i].stride = stride_unit / limits_.priority_weights[i];
+  }
   key_queue(const key_queue&) = delete;
   key_queue& operator=(const key_queue&) = delete;
 
   ~key_queue() {
     // Requests still here were abandoned with their execution context.
-    queue_.clear();
-    room_waiters_.clear();
+    for (auto& l : levels_) {
+      l.queued.clear();
+      l.waiting_room.clear();
+    }
     outstanding_.clear_and_dispose([](request_base* r) { intrusive_ptr_release(r); });
   }
 
@@ -88,33 +119,43 @@ class key_queue {
     std::unique_ptr<completion<request_ptr>> wake;  // set: a parked worker's, to complete with the request
   };
 
-  /// Accepts `r`: hands it to a parked worker, queues it, or (when the queue
-  /// is full) makes it wait for room; refuses it when the key is closed, its
-  /// breaker is open, or the queue is full and `wait_for_room` is false.
-  admission enqueue(const request_ptr& r, bool wait_for_room) {
+  /// Accepts `r` (its priority set and checked by the caller): hands it to a
+  /// parked worker, queues it, or (when the queue is full) makes room by
+  /// holding back a lower level's newest request, or makes it wait for room;
+  /// refuses it when the key is closed, its breaker is open, its deadline has
+  /// passed, or the queue is full and `wait_for_room` is false.
+  admission enqueue(const request_ptr& r, bool wait_for_room, const SubmitOptions& options = {}) {
     using phase = request_base::phase;
     admission result;
     std::lock_guard lock(mutex_);
-    const auto now = clock::now();  // under the lock: deadlines are queued in order
+    const auto now = clock::now();  // under the lock: common deadlines are inserted in order
+    const auto deadline = deadline_of_locked(options, now);
     if (closed_) {
       result.refused = errc::shutting_down;
+    } else if (deadline <= now) {
+      // Accepted and expired at once: the caller's deadline passed, the key refused nothing.
+      r->state = phase::done;
+      ++counters_.submitted;
+      ++counters_.timed_out;
+      ++counters_.expired_before_dispatch;
+      result.refused = errc::request_timeout;
+      return result;
     } else if (!breaker_.admit(now, r->probe)) {
       result.refused = errc::circuit_open;
     } else if (!idle_.empty()) {
-      // A parked worker takes it directly: the queue is empty whenever one is parked.
+      // A parked worker takes it directly: nothing is queued whenever one is parked.
       worker_record* woken = idle_.back();
       idle_.pop_back();
       result.wake = std::move(woken->queue.parked);
-      r->state = phase::in_flight;
-      woken->queue.current = r;
       woken->shared.state.transition(worker_state::ready);
-      woken->shared.state.transition(worker_state::processing);
-    } else if (queue_.size() < limits_.capacity) {
-      r->state = phase::queued;
-      queue_.push_back(*r);
+      r->accepted = now;
+      hand_locked(*r, *woken, now);
+    } else if (queued_ < limits_.capacity || hold_back_below_locked(r->priority)) {
+      push_queued_locked(*r);
     } else if (wait_for_room) {
       r->state = phase::waiting_room;
-      room_waiters_.push_back(*r);
+      levels_[r->priority].waiting_room.push_back(*r);
+      ++waiting_room_;
     } else {
       result.refused = errc::queue_full;
     }
@@ -125,10 +166,10 @@ class key_queue {
     }
     ++counters_.submitted;
     r->accepted = now;
-    r->deadline = deadline_after(now, limits_.request_timeout);
-    outstanding_.push_back(*r);
+    r->deadline = deadline;
+    outstanding_.insert(outstanding_.end(), *r);
     intrusive_ptr_add_ref(r.get());
-    if (!timer_armed_) arm_timer_locked(r->deadline);
+    if (!timer_armed_ || deadline < armed_at_) arm_timer_locked(deadline);
     return result;
   }
 
@@ -144,8 +185,15 @@ class key_queue {
 
   /// The worker's next request, if one is queued and the worker is not stopped.
   request_ptr take(worker_record& w) {
-    std::lock_guard lock(mutex_);
-    return take_locked(w);
+    const auto now = clock::now();
+    std::vector<request_ptr> expired;
+    request_ptr r;
+    {
+      std::lock_guard lock(mutex_);
+      r = take_locked(w, now, expired);
+    }
+    fail_expired(expired);
+    return r;
   }
 
   /// take(), or, when nothing is queued, parks `w`: `make_parked()` makes
@@ -154,14 +202,23 @@ class key_queue {
   /// when it is to leave now (stopped, or its key closed or draining).
   template <class MakeParked>
   std::pair<request_ptr, bool> take_or_park(worker_record& w, MakeParked&& make_parked) {
-    std::lock_guard lock(mutex_);
-    if (auto r = take_locked(w)) return {std::move(r), false};
-    if (closed_ || draining_ || w.shared.stop_requested.load(std::memory_order_relaxed)) return {nullptr, false};
-    w.queue.parked = make_parked();
-    w.shared.state.transition(worker_state::idle);
-    w.queue.idle_since = clock::now();
-    idle_.push_back(&w);
-    return {nullptr, true};
+    const auto now = clock::now();
+    std::vector<request_ptr> expired;
+    std::pair<request_ptr, bool> result{nullptr, false};
+    {
+      std::lock_guard lock(mutex_);
+      if (auto r = take_locked(w, now, expired)) {
+        result.first = std::move(r);
+      } else if (!closed_ && !draining_ && !w.shared.stop_requested.load(std::memory_order_relaxed)) {
+        w.queue.parked = make_parked();
+        w.shared.state.transition(worker_state::idle);
+        w.queue.idle_since = now;
+        idle_.push_back(&w);
+        result.second = true;
+      }
+    }
+    fail_expired(expired);
+    return result;
   }
 
   /// The worker is done with `r`: whether its answer goes to the caller
@@ -176,11 +233,17 @@ class key_queue {
   /// that goes to its caller, its latency.
   request_ptr claim_answer_and_take(request_base& r, worker_record& w, bool& answer, bool error, bool failure,
                                     clock::time_point now, double latency_us) {
-    std::lock_guard lock(mutex_);
-    breaker_.record(failure, now);
-    answer = claim_answer_locked(r, w, error);
-    if (answer) latency_.record(latency_us);
-    return take_locked(w);
+    std::vector<request_ptr> expired;
+    request_ptr next;
+    {
+      std::lock_guard lock(mutex_);
+      breaker_.record(failure, now);
+      answer = claim_answer_locked(r, w, error);
+      if (answer) latency_.record(latency_us);
+      next = take_locked(w, now, expired);
+    }
+    fail_expired(expired);
+    return next;
   }
 
   /// The worker was lost: claims the request it holds, if not done, and counts
@@ -192,6 +255,7 @@ class key_queue {
     request_ptr lost = w.queue.current;
     claim_locked(*lost);
     ++outcome_counter_locked(ec);
+    if (ec == errc::request_timeout) ++counters_.expired_in_handler;  // the sweep came before the key's timer
     return lost;
   }
 
@@ -211,15 +275,27 @@ class key_queue {
   /// the timer at the next deadline. What the deadline timer runs.
   void expire(clock::time_point now) {
     std::vector<request_ptr> expired;
+    std::vector<std::pair<worker_ptr, request_ptr>> interrupted;  // handlers still running theirs
     {
       std::lock_guard lock(mutex_);
       timer_armed_ = false;
-      expired = claim_due_locked(now);
-      outcome_counter_locked(errc::request_timeout) += expired.size();
-      if (!outstanding_.empty()) arm_timer_locked(outstanding_.front().deadline);
+      while (!outstanding_.empty() && outstanding_.begin()->deadline <= now) {
+        request_base& r = *outstanding_.begin();
+        expired.emplace_back(&r);
+        if (r.state == request_base::phase::in_flight) {
+          ++counters_.expired_in_handler;
+          if (auto w = r.worker ? r.worker->weak_from_this().lock() : nullptr) interrupted.emplace_back(w, &r);
+        } else {
+          ++counters_.expired_before_dispatch;
+        }
+        claim_locked(r);
+      }
+      counters_.timed_out += expired.size();
+      if (!outstanding_.empty()) arm_timer_locked(outstanding_.begin()->deadline);
     }
     if (!expired.empty() && log_) log_->debug("coropool: {} request(s) of key '{}' timed out", expired.size(), name_);
     for (auto& r : expired) r->fail(errc::request_timeout, nullptr);
+    for (auto& [w, r] : interrupted) interrupt_handler(w, r);
   }
 
   /// Disarms the deadline timer if no request is outstanding: a key with no
@@ -228,8 +304,8 @@ class key_queue {
   /// would cost a scheduler operation each.)
   void disarm_if_idle() {
     std::lock_guard lock(mutex_);
-    if (timer_armed_ && outstanding_.empty()) {
-      timer_armed_ = false;
+    if (outstanding_.empty()) {
+      timer_armed_ = false;  // a wait the last re-arm superseded may still be pending: cancelled too
       timer_.cancel();
     }
   }
@@ -291,7 +367,7 @@ class key_queue {
   };
   backlog_view backlog() const {
     std::lock_guard lock(mutex_);
-    return {!queue_.empty() || !room_waiters_.empty(), !idle_.empty(), draining_};
+    return {queued_ > 0 || waiting_room_ > 0, !idle_.empty(), draining_};
   }
 
   /// Calls `f(worker, idle_since)` for every parked worker, under the lock.
@@ -301,15 +377,16 @@ class key_queue {
     for (worker_record* w : idle_) f(w->shared_from_this(), w->queue.idle_since);
   }
 
-  /// Whether `w` holds a request whose deadline has passed at `now`.
-  bool overdue(const worker_record& w, clock::time_point now) const {
+  /// Whether `w` still holds a request whose deadline passed `grace` before
+  /// `now`: its handler was told at the deadline and has not ended since.
+  bool overdue(const worker_record& w, clock::time_point now, clock::duration grace) const {
     std::lock_guard lock(mutex_);
-    return w.queue.current && w.queue.current->deadline <= now;
+    return w.queue.current && deadline_after(w.queue.current->deadline, grace) <= now;
   }
 
   std::size_t queued() const {
     std::lock_guard lock(mutex_);
-    return queue_.size();
+    return queued_;
   }
 
   /// Whether the breaker refuses everything at `now` (waiters and loads are refused then).
@@ -327,8 +404,14 @@ class key_queue {
   /// The request counters, latency and breaker of KeyStats, as of `now`.
   void read_stats(KeyStats& s, clock::time_point now) const {
     std::lock_guard lock(mutex_);
-    s.queued = queue_.size();
-    s.waiting_for_room = room_waiters_.size();
+    s.queued = queued_;
+    s.waiting_for_room = waiting_room_;
+    s.queued_by_priority.resize(levels_.size());
+    for (std::size_t i = 0; i < levels_.size(); ++i) s.queued_by_priority[i] = levels_[i].queued.size();
+    s.expired_before_dispatch = counters_.expired_before_dispatch;
+    s.expired_in_handler = counters_.expired_in_handler;
+    s.held_back = counters_.held_back;
+    s.queue_time = queue_time_;
     s.submitted = counters_.submitted;
     s.completed = counters_.completed;
     s.failed = counters_.failed;
@@ -361,6 +444,16 @@ class key_queue {
   }
 
  private:
+  /// One priority level's requests (see "Priorities" above).
+  struct level {
+    request_list queued;
+    request_list waiting_room;  // held back by a full queue, first come first
+    std::uint64_t stride = 0;   // stride_unit / its weight
+    std::uint64_t pass = 0;     // its next turn, in virtual time
+  };
+  /// Divisible by every weight up to 16; larger weights round their stride down.
+  static constexpr std::uint64_t stride_unit = 720720;
+
   /// Empties the idle list. A parked worker is alive (its suspended
   /// coroutine owns its record), so its owner can be had in O(1).
   std::vector<worker_ptr> owners_of_all_idle_locked() {
@@ -370,15 +463,101 @@ class key_queue {
     return owners;
   }
 
-  request_ptr take_locked(worker_record& w) {
-    if (queue_.empty() || w.shared.stop_requested.load(std::memory_order_relaxed)) return nullptr;
-    request_base& r = queue_.front();
-    queue_.pop_front();
+  /// The deadline `options` give a request accepted at `now` (see SubmitOptions).
+  clock::time_point deadline_of_locked(const SubmitOptions& options, clock::time_point now) const {
+    auto deadline = deadline_after(now, std::min(options.timeout.value_or(limits_.request_timeout),
+                                                 limits_.max_request_timeout));
+    if (options.deadline) deadline = std::min(deadline, *options.deadline);
+    return deadline;
+  }
+
+  /// Hands `r` to `w`, which is to run its handler.
+  void hand_locked(request_base& r, worker_record& w, clock::time_point now) {
     r.state = request_base::phase::in_flight;
+    r.worker = &w;
     w.queue.current = request_ptr(&r);
     w.shared.state.transition(worker_state::processing);
-    promote_room_waiter_locked();
-    return request_ptr(&r);
+    queue_time_.record(std::chrono::duration<double, std::micro>(now - r.accepted).count());
+  }
+
+  void push_queued_locked(request_base& r) {
+    level& l = levels_[r.priority];
+    if (l.queued.empty()) l.pass = std::max(l.pass, virtual_time_ + l.stride);  // rejoins where the others are
+    r.state = request_base::phase::queued;
+    l.queued.push_back(r);
+    ++queued_;
+  }
+
+  /// The queue is full and a request of level `priority` arrives: holds back
+  /// the newest queued request of the lowest level below it, if any, which
+  /// then waits for room first among its level's. Admission is not revoked:
+  /// a held-back request ends as any other (try_submit's included).
+  bool hold_back_below_locked(std::uint8_t priority) {
+    for (std::size_t q = levels_.size(); q-- > std::size_t{priority} + 1;) {
+      level& l = levels_[q];
+      if (l.queued.empty()) continue;
+      request_base& held = l.queued.back();
+      l.queued.pop_back();
+      --queued_;
+      held.state = request_base::phase::waiting_room;
+      l.waiting_room.push_front(held);
+      ++waiting_room_;
+      ++counters_.held_back;
+      return true;
+    }
+    return false;
+  }
+
+  /// The level a worker takes from next: the non-empty one with the smallest pass.
+  level& next_level_locked() {
+    level* next = nullptr;
+    for (auto& l : levels_) {
+      if (!l.queued.empty() && (!next || l.pass < next->pass)) next = &l;
+    }
+    return *next;
+  }
+
+  /// The next request for `w`; those whose deadline passed before a worker
+  /// could take them are claimed into `expired` (never handed to a worker).
+  request_ptr take_locked(worker_record& w, clock::time_point now, std::vector<request_ptr>& expired) {
+    if (w.shared.stop_requested.load(std::memory_order_relaxed)) return nullptr;
+    while (queued_ > 0) {
+      level& l = next_level_locked();
+      request_base& r = l.queued.front();
+      if (r.deadline <= now) {  // the timer has not run yet: its thread is busy
+        expired.emplace_back(&r);
+        claim_locked(r);
+        ++counters_.timed_out;
+        ++counters_.expired_before_dispatch;
+        continue;
+      }
+      l.queued.pop_front();
+      --queued_;
+      virtual_time_ = l.pass;
+      l.pass += l.stride;
+      hand_locked(r, w, now);
+      promote_room_waiter_locked();
+      return request_ptr(&r);
+    }
+    return nullptr;
+  }
+
+  /// Completes, after the lock, the requests take_locked() found expired.
+  void fail_expired(std::vector<request_ptr>& expired) {
+    if (expired.empty()) return;
+    if (log_) log_->debug("coropool: {} request(s) of key '{}' timed out in the queue", expired.size(), name_);
+    for (auto& r : expired) r->fail(errc::request_timeout, nullptr);
+  }
+
+  /// Tells the handler still running `r`, past its deadline, that its caller
+  /// has gone: the worker's coroutine is cancelled on its own strand, if it
+  /// is still in that request's handler then (see worker_loop).
+  static void interrupt_handler(const worker_ptr& w, const request_ptr& r) {
+    asio::post(w->strand, task([w, r] {
+                 if (w->own.handling != r.get() || w->own.finished) return;
+                 w->own.interrupted = true;
+                 w->own.stop_signal.emit(asio::cancellation_type::terminal);
+               }));
   }
 
   bool claim_answer_locked(request_base& r, worker_record& w, bool error) {
@@ -392,12 +571,17 @@ class key_queue {
     return true;
   }
 
+  /// Moves the first caller waiting for room, highest level first, into the queue if it has room.
   void promote_room_waiter_locked() {
-    if (room_waiters_.empty() || queue_.size() >= limits_.capacity) return;
-    request_base& r = room_waiters_.front();
-    room_waiters_.pop_front();
-    r.state = request_base::phase::queued;
-    queue_.push_back(r);
+    if (waiting_room_ == 0 || queued_ >= limits_.capacity) return;
+    for (auto& l : levels_) {
+      if (l.waiting_room.empty()) continue;
+      request_base& r = l.waiting_room.front();
+      l.waiting_room.pop_front();
+      --waiting_room_;
+      push_queued_locked(r);
+      return;
+    }
   }
 
   /// Marks `r` done and takes it off every list. The caller holds a reference
@@ -406,10 +590,14 @@ class key_queue {
     using phase = request_base::phase;
     if (r.probe) breaker_.release_probe(std::exchange(r.probe, 0));  // ended without an outcome
     if (r.state == phase::queued) {
-      queue_.erase(queue_.iterator_to(r));
+      auto& list = levels_[r.priority].queued;
+      list.erase(list.iterator_to(r));
+      --queued_;
       promote_room_waiter_locked();
     } else if (r.state == phase::waiting_room) {
-      room_waiters_.erase(room_waiters_.iterator_to(r));
+      auto& list = levels_[r.priority].waiting_room;
+      list.erase(list.iterator_to(r));
+      --waiting_room_;
     }
     r.state = phase::done;
     outstanding_.erase(outstanding_.iterator_to(r));
@@ -419,8 +607,8 @@ class key_queue {
   /// Claims every outstanding request due by `due` (max(): all of them).
   std::vector<request_ptr> claim_due_locked(clock::time_point due) {
     std::vector<request_ptr> claimed;
-    while (!outstanding_.empty() && outstanding_.front().deadline <= due) {
-      claimed.emplace_back(&outstanding_.front());
+    while (!outstanding_.empty() && outstanding_.begin()->deadline <= due) {
+      claimed.emplace_back(&*outstanding_.begin());
       claim_locked(*claimed.back());
     }
     return claimed;
@@ -436,7 +624,8 @@ class key_queue {
 
   void arm_timer_locked(clock::time_point at) {
     timer_armed_ = true;
-    timer_.expires_at(at);
+    armed_at_ = at;
+    timer_.expires_at(at);  // cancels the wait it replaces, if any
     timer_.async_wait(wait_task([owner = owner_.lock(), this](error_code ec) {
       if (!ec) expire(clock::now());
     }));
@@ -449,9 +638,11 @@ class key_queue {
 
   mutable spin_mutex mutex_;
   // Everything below: under mutex_.
-  request_list room_waiters_;
-  request_list queue_;
-  deadline_list outstanding_;
+  std::vector<level> levels_;  // by priority, 0 the highest
+  std::size_t queued_ = 0;        // over every level: what queue_capacity bounds
+  std::size_t waiting_room_ = 0;  // over every level
+  std::uint64_t virtual_time_ = 0;  // the pass of the last request taken
+  deadline_set outstanding_;
   // Parked workers, oldest first. Plain pointers: a parked worker's suspended
   // coroutine owns its record, and the request path pays no reference count;
   // the strand's rare uses get the owner from shared_from_this().
@@ -461,10 +652,13 @@ class key_queue {
   circuit_breaker breaker_;
   struct {
     std::uint64_t submitted = 0, completed = 0, failed = 0, timed_out = 0, cancelled = 0, rejected = 0;
+    std::uint64_t expired_before_dispatch = 0, expired_in_handler = 0, held_back = 0;
   } counters_;  // see KeyStats
   LatencyHistogram latency_;
-  timer_type timer_;  // at the deadline of the oldest outstanding request
+  LatencyHistogram queue_time_;
+  timer_type timer_;  // at the earliest deadline of the outstanding requests
   bool timer_armed_ = false;
+  clock::time_point armed_at_;
 };
 
 }  // namespace coropool::detail

@@ -29,7 +29,8 @@ struct key_state {
   key_state(std::string key_name, const executor& ex, const PoolConfig& config, std::weak_ptr<const void> owner,
             spdlog::logger* log)
       : name(std::move(key_name)),
-        queue(name, ex, {config.queue_capacity, config.request_timeout},
+        queue(name, ex,
+              {config.queue_capacity, config.request_timeout, config.max_request_timeout, config.priority_weights},
               circuit_breaker(config.failure_threshold, config.open_duration, config.half_open_probes),
               std::move(owner), log) {}
   key_state(const key_state&) = delete;

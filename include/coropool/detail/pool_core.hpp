@@ -88,7 +88,10 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   void start_wait(Handler&& handler, std::string key, clock::duration timeout);
   /// Submits a request; `wait_for_room` picks backpressure over queue_full.
   template <class Op>
-  void start_submit(boost::intrusive_ptr<Op> op, const std::string& key, bool wait_for_room);
+  void start_submit(boost::intrusive_ptr<Op> op, const std::string& key, bool wait_for_room,
+                    const SubmitOptions& options = {});
+  /// Checks a request's options; sets its priority level from them.
+  error_code apply_options(request_base& r, const SubmitOptions& options) const;
   /// Withdraws a request: completes it with operation_aborted unless it is done.
   void cancel_request(request_base& r);
   /// Hands a user's command to the strand, where it is handled or, once

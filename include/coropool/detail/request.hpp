@@ -5,6 +5,7 @@
 #include "coropool/error.hpp"
 
 #include <boost/intrusive/list.hpp>
+#include <boost/intrusive/set.hpp>
 #include <boost/smart_ptr/intrusive_ptr.hpp>
 
 #include <atomic>
@@ -19,6 +20,7 @@
 namespace coropool::detail {
 
 class key_queue;
+struct worker_record;
 
 /// One submitted request, type-erased over the pool's Request and Response
 /// and the caller's handler. Its phase and list links are guarded by its
@@ -29,6 +31,8 @@ class request_base {
   enum class phase : std::uint8_t { waiting_room, queued, in_flight, done };
 
   using hook = boost::intrusive::list_member_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>>;
+  using deadline_hook_type = boost::intrusive::set_member_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>,
+                                                               boost::intrusive::optimize_size<true>>;
 
   request_base() = default;
   request_base(const request_base&) = delete;
@@ -44,10 +48,12 @@ class request_base {
 
   // Guarded by its key queue's lock.
   phase state = phase::waiting_room;
-  clock::time_point accepted;  // when the key took it: its latency counts from here
-  clock::time_point deadline;  // time_point::max(): never
-  hook queue_hook;             // in the key's queue, or among the callers waiting for room
-  hook deadline_hook;          // among the key's outstanding requests, by deadline
+  std::uint8_t priority = 0;      // its level: 0 is the highest
+  clock::time_point accepted;     // when the key took it: its latency counts from here
+  clock::time_point deadline;     // time_point::max(): never
+  hook queue_hook;                // in its level's queue, or among its level's callers waiting for room
+  deadline_hook_type deadline_hook;  // among the key's outstanding requests, by deadline
+  worker_record* worker = nullptr;   // the worker it was handed to (in_flight)
 
   key_queue* queue = nullptr;  // its key's, set before the request is published
   std::uint64_t probe = 0;     // the half-open breaker epoch it probes; 0: not a probe
@@ -84,9 +90,17 @@ using request_list =
     boost::intrusive::list<request_base,
                            boost::intrusive::member_hook<request_base, request_base::hook, &request_base::queue_hook>,
                            boost::intrusive::constant_time_size<true>>;
-using deadline_list = boost::intrusive::list<
-    request_base, boost::intrusive::member_hook<request_base, request_base::hook, &request_base::deadline_hook>,
-    boost::intrusive::constant_time_size<false>>;
+struct by_deadline {
+  bool operator()(const request_base& a, const request_base& b) const noexcept { return a.deadline < b.deadline; }
+};
+
+/// A key's outstanding requests, earliest deadline first. Requests with the
+/// same timeout arrive in deadline order and are inserted at the end in
+/// amortized constant time; a shorter one finds its place in O(log n).
+using deadline_set = boost::intrusive::multiset<
+    request_base,
+    boost::intrusive::member_hook<request_base, request_base::deadline_hook_type, &request_base::deadline_hook>,
+    boost::intrusive::compare<by_deadline>, boost::intrusive::constant_time_size<false>>;
 
 /// A request as a worker sees it: the Request to serve and the way to answer.
 template <class Chunk>

@@ -103,10 +103,16 @@ class worker_loop {
       }
       std::exception_ptr error;
       Response response{};
+      w->own.handling = &entry;  // the key queue's deadline may interrupt this handler, and no other
       try {
         response = co_await handle(model, std::move(entry.request));
       } catch (...) {
         error = std::current_exception();
+      }
+      w->own.handling = nullptr;
+      if (std::exchange(w->own.interrupted, false)) {
+        // The request's deadline cancelled the handler, not the worker: it serves on.
+        co_await asio::this_coro::reset_cancellation_state();
       }
       const bool failure = error && core->counts_as_failure(error);  // user code: before the lock
       bool answer = false;

@@ -37,8 +37,9 @@ COROPOOL_DECL void pool_core::health_sweep(clock::time_point now) {
       if (!w->pool.ready) continue;                 // loads are bounded by spawn_timeout's callers, not pinged
       if (now - w->pool.last_pong > config_.health_timeout) {
         declare_dead(w, errc::worker_lost, "no pong within health_timeout");
-      } else if (k->queue.overdue(*w, now)) {
-        declare_dead(w, errc::request_timeout, "its request ran past request_timeout");
+      } else if (k->queue.overdue(*w, now, config_.health_timeout)) {
+        // Its handler was cancelled at the deadline and has not ended within health_timeout since.
+        declare_dead(w, errc::request_timeout, "its handler ignored the cancellation at its request's deadline");
       } else {
         ping(w);
       }

@@ -30,6 +30,10 @@ COROPOOL_DECL pool_core::pool_core(executor ex, PoolConfig config, worker_body b
       config_.health_interval <= clock::duration::zero() || config_.health_timeout < config_.health_interval ||
       config_.idle_timeout <= clock::duration::zero() || config_.maintenance_interval <= clock::duration::zero() ||
       config_.open_duration <= clock::duration::zero() || config_.half_open_probes == 0 ||
+      config_.max_request_timeout < config_.request_timeout || config_.priority_weights.empty() ||
+      config_.priority_weights.size() > 16 ||
+      std::any_of(config_.priority_weights.begin(), config_.priority_weights.end(),
+                  [](unsigned w) { return w == 0 || w > 1024; }) ||
       std::find(config_.warm_keys.begin(), config_.warm_keys.end(), std::string()) != config_.warm_keys.end()) {
     throw boost::system::system_error(make_error_code(errc::invalid_argument), "coropool::PoolConfig");
   }

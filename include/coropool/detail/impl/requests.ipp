@@ -7,6 +7,14 @@
 
 namespace coropool::detail {
 
+COROPOOL_DECL error_code pool_core::apply_options(request_base& r, const SubmitOptions& options) const {
+  const std::size_t levels = config_.priority_weights.size();
+  if (options.timeout && *options.timeout <= clock::duration::zero()) return errc::invalid_argument;
+  if (options.priority && *options.priority >= levels) return errc::invalid_argument;
+  r.priority = static_cast<std::uint8_t>(options.priority.value_or(static_cast<unsigned>(levels / 2)));
+  return {};
+}
+
 COROPOOL_DECL void pool_core::cancel_request(request_base& r) {
   if (!r.queue) return;  // refused before it reached a key: done already
   if (r.queue->cancel(r)) r.fail(asio::error::operation_aborted, nullptr);
