@@ -102,6 +102,12 @@ inline error_code error_of(const std::exception_ptr& e) {
   return {};
 }
 
+/// Runs `body`, then shuts the pool down (1 s deadline): a test's whole run.
+inline asio::awaitable<void> shutdown_after(IntPool& pool, std::function<asio::awaitable<void>()> body) {
+  co_await body();
+  co_await pool.async_shutdown(1s, asio::use_awaitable);
+}
+
 /// Every PoolConfig default, with a silent logger so that test output stays readable.
 PoolConfig quiet_config();
 

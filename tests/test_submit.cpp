@@ -43,10 +43,6 @@ struct HandleLog {
   void leave() { in_flight.fetch_sub(1); }
 };
 
-asio::awaitable<void> shutdown_after(IntPool& pool, std::function<asio::awaitable<void>()> body) {
-  co_await body();
-  co_await pool.async_shutdown(1s, asio::use_awaitable);
-}
 
 }  // namespace
 
