@@ -282,9 +282,10 @@ TEST_CASE("key queue: a lost worker's request fails once and counts against the 
   f.submit(r);
   REQUIRE(f.queue.take(*w) == r);
   auto lost = f.queue.claim_current(*w, errc::worker_lost);
-  REQUIRE(lost == r);
-  lost->fail(errc::worker_lost, nullptr);
-  CHECK(f.queue.claim_current(*w, errc::worker_lost) == nullptr);  // already done
+  REQUIRE(lost.size() == 1);
+  REQUIRE(lost.front() == r);
+  lost.front()->fail(errc::worker_lost, nullptr);
+  CHECK(f.queue.claim_current(*w, errc::worker_lost).empty());  // already done
   CHECK(r->completions == 1);
   CHECK(f.stats().breaker == breaker_state::open);
   auto refused = make_request();
@@ -578,4 +579,157 @@ TEST_CASE("key queue: a deadline during the handler cancels that handler, on its
   CHECK(f.stats().expired_in_handler == 1);
   CHECK_FALSE(fixture::answer(f.queue, *r, *w));  // the late answer is discarded
   CHECK(r->completions == 1);
+}
+
+namespace {
+
+/// A run for the queue's coalescing: any request_base will do without a pool.
+request_ptr make_probe_run(request_base&) { return request_ptr(new probe_request); }
+
+struct coalescing_fixture : fixture {
+  using fixture::fixture;
+
+  /// Submits `r` with identity `id`; true when it joined a run already there.
+  bool submit_as(const probe_ptr& r, const std::string& id, const SubmitOptions& options = {}) {
+    auto admitted = queue.enqueue_coalesced(r, true, options, id, &make_probe_run);
+    if (admitted.refused) r->fail(admitted.refused, nullptr);
+    if (admitted.wake) admitted.wake->complete(admitted.handed);
+    return admitted.joined;
+  }
+
+  /// Answers the run `run` as the worker loop does: every caller claimed
+  /// gets the answer. Returns how many, and the worker's next request.
+  std::pair<std::size_t, request_ptr> answer_run(request_base& run, worker_record& w) {
+    bool answer = false;
+    std::vector<request_ptr> callers;
+    auto next = queue.claim_answer_and_take(run, w, answer, callers, false, false, pool_clock::now(), 0);
+    CHECK_FALSE(answer);
+    for (auto& c : callers) static_cast<probe_request&>(*c).fail({}, nullptr);
+    return {callers.size(), std::move(next)};
+  }
+};
+
+}  // namespace
+
+TEST_CASE("key queue: identical requests share one run and one place in the queue", "[key_queue][coalescing]") {
+  coalescing_fixture f;
+  auto a = make_request();
+  auto b = make_request();
+  auto other = make_request();
+  CHECK_FALSE(f.submit_as(a, "same"));
+  CHECK(f.submit_as(b, "same"));
+  CHECK_FALSE(f.submit_as(other, "different"));
+  CHECK(f.queue.queued() == 2);
+  CHECK(f.stats().submitted == 3);
+  CHECK(f.stats().coalesced == 1);
+  auto w = f.worker();
+  auto run = f.queue.take(*w);
+  REQUIRE(run);
+  CHECK(run != a);  // the run is a request of its own
+  auto [answered, next] = f.answer_run(*run, *w);
+  CHECK(answered == 2);
+  CHECK(a->completions == 1);
+  CHECK(b->completions == 1);
+  CHECK(other->completions == 0);
+  REQUIRE(next);
+  CHECK(f.answer_run(*next, *w).first == 1);
+  CHECK(other->completions == 1);
+  CHECK(f.stats().completed == 3);
+  // Nothing is remembered: the same identity runs again.
+  auto c = make_request();
+  CHECK_FALSE(f.submit_as(c, "same"));
+  CHECK(f.queue.queued() == 1);
+  f.queue.fail_all(errc::shutting_down);
+  CHECK(c->completions == 1);
+}
+
+TEST_CASE("key queue: a caller leaving detaches only itself; the last one withdraws the run",
+          "[key_queue][coalescing]") {
+  coalescing_fixture f;
+  auto a = make_request();
+  auto b = make_request();
+  f.submit_as(a, "x");
+  f.submit_as(b, "x");
+  REQUIRE(f.queue.cancel(*a));
+  a->fail(asio::error::operation_aborted, nullptr);
+  CHECK(f.queue.queued() == 1);  // b still waits for it
+  REQUIRE(f.queue.cancel(*b));
+  b->fail(asio::error::operation_aborted, nullptr);
+  CHECK(f.queue.queued() == 0);  // withdrawn: no worker will run it
+  auto w = f.worker();
+  CHECK(f.queue.take(*w) == nullptr);
+  CHECK(f.stats().cancelled == 2);
+  // Being handled when the last caller leaves: the answer goes nowhere.
+  auto c = make_request();
+  f.submit_as(c, "y");
+  auto run = f.queue.take(*w);
+  REQUIRE(run);
+  REQUIRE(f.queue.cancel(*c));
+  c->fail(asio::error::operation_aborted, nullptr);
+  CHECK(f.answer_run(*run, *w).first == 0);
+  CHECK(c->completions == 1);
+  auto d = make_request();
+  CHECK_FALSE(f.submit_as(d, "y"));  // the ended run is not joined
+  f.queue.fail_all(errc::shutting_down);
+}
+
+TEST_CASE("key queue: a run takes the highest level and the latest deadline of its callers; each caller keeps its "
+          "own deadline",
+          "[key_queue][coalescing]") {
+  coalescing_fixture f(key_queue::settings{16, 1h, pool_clock::duration::max(), {8, 4, 2, 1, 1}});
+  auto low = make_request(4);
+  auto urgent = make_request(0);
+  SubmitOptions soon;
+  soon.timeout = 10ms;
+  f.submit_as(low, "x", soon);
+  CHECK(f.stats().queued_by_priority == std::vector<std::size_t>{0, 0, 0, 0, 1});
+  f.submit_as(urgent, "x");
+  CHECK(f.stats().queued_by_priority == std::vector<std::size_t>{1, 0, 0, 0, 0});
+  f.ioc.run_for(50ms);  // low's deadline passes: it alone times out
+  CHECK(low->completions == 1);
+  CHECK(low->outcome == errc::request_timeout);
+  CHECK(urgent->completions == 0);
+  auto w = f.worker();
+  auto run = f.queue.take(*w);  // urgent's deadline (1 h) keeps the run alive
+  REQUIRE(run);
+  CHECK(f.answer_run(*run, *w).first == 1);
+  CHECK(urgent->completions == 1);
+  CHECK(urgent->outcome == error_code{});
+}
+
+TEST_CASE("key queue: a run whose every caller is past its deadline is never handed to a worker",
+          "[key_queue][coalescing]") {
+  coalescing_fixture f;
+  auto a = make_request();
+  auto b = make_request();
+  SubmitOptions soon;
+  soon.timeout = 1ms;
+  f.submit_as(a, "x", soon);
+  f.submit_as(b, "x", soon);
+  std::this_thread::sleep_for(5ms);  // the timer does not run: take sees the deadlines itself
+  auto w = f.worker();
+  CHECK(f.queue.take(*w) == nullptr);
+  CHECK(a->outcome == errc::request_timeout);
+  CHECK(b->outcome == errc::request_timeout);
+  CHECK(f.stats().expired_before_dispatch == 2);
+  CHECK(f.queue.queued() == 0);
+}
+
+TEST_CASE("key queue: a lost worker fails every caller of its run once", "[key_queue][coalescing]") {
+  coalescing_fixture f;
+  auto a = make_request();
+  auto b = make_request();
+  f.submit_as(a, "x");
+  f.submit_as(b, "x");
+  auto w = f.worker();
+  REQUIRE(f.queue.take(*w));
+  auto lost = f.queue.claim_current(*w, errc::worker_lost);
+  CHECK(lost.size() == 2);
+  for (auto& r : lost) r->fail(errc::worker_lost, nullptr);
+  CHECK(f.queue.claim_current(*w, errc::worker_lost).empty());
+  CHECK(a->completions == 1);
+  CHECK(b->completions == 1);
+  CHECK(f.stats().failed == 2);
+  CHECK_FALSE(f.submit_as(make_request(), "x"));  // the run ended with its callers
+  f.queue.fail_all(errc::shutting_down);
 }

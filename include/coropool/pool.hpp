@@ -14,6 +14,7 @@
 #include <concepts>
 #include <cstddef>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -62,6 +63,37 @@ class Pool {
   /// `clock::duration::max()`, which means never.
   using clock = detail::clock;
 
+  /// What names a request's identity for coalescing (see Options::coalesce_key).
+  using coalesce_key_type = std::function<std::optional<std::string>(const Request&)>;
+
+  /// PoolConfig, and what only a pool of this Request type can be told.
+  ///
+  /// @code
+  /// coropool::Pool<std::string, std::string>::Options options = config;  // from a PoolConfig
+  /// options.coalesce_key = [](const std::string& text) { return std::optional<std::string>(text); };
+  /// @endcode
+  struct Options : PoolConfig {
+    Options() = default;
+    /// Every PoolConfig field as given; coalescing off.
+    Options(PoolConfig config) : PoolConfig(std::move(config)) {}  // NOLINT(google-explicit-constructor)
+
+    /// Coalescing, off when empty (the default). Returns a request's
+    /// identity, or nullopt for a request never to coalesce. While a request
+    /// of the same key and identity waits or is being handled, a new one
+    /// attaches to it instead of queueing: the handler runs once, and every
+    /// caller attached gets the answer (a copy of the Response, or the same
+    /// exception). Identities are compared whole, never by hash alone. Each
+    /// caller keeps its own deadline and cancellation; the shared run takes
+    /// one place in the queue, the highest priority and the latest deadline
+    /// of its callers, and is withdrawn (queued) or its answer discarded
+    /// (handled) only when its last caller has left. Nothing is remembered:
+    /// the next identical request after the answer runs again. Streams are
+    /// never coalesced. Called on the submitting thread, outside every lock;
+    /// if it throws, that caller gets the exception and nothing else changes.
+    /// Needs a copyable Response.
+    coalesce_key_type coalesce_key;
+  };
+
   /// Constructs a pool on an executor.
   ///
   /// Without `stream_handle`, submit_stream()'s streams end with
@@ -88,6 +120,47 @@ class Pool {
       : core_(detail::pool_core::create(executor_type(ex), std::move(config),
                                         detail::worker_loop<Request, Response>::make_body(
                                             std::move(load), std::move(handle), std::move(stream_handle)))) {}
+
+  /// Constructs a pool on an executor, with Options (coalescing).
+  ///
+  /// @param ex      As in the constructor above.
+  /// @param options The pool's configuration, and its coalesce_key.
+  /// @param load    As in the constructor above.
+  /// @param handle  As in the constructor above.
+  /// @param stream_handle Optional, as in the constructor above.
+  ///
+  /// @throws boost::system::system_error with `errc::invalid_argument` when
+  /// the configuration is out of range, or `coalesce_key` is set and
+  /// Response cannot be copied.
+  template <class Executor, class Load, class Handle, class StreamHandle = detail::no_stream_handler>
+  requires asio::execution::executor<Executor> || asio::is_executor<Executor>::value Pool(
+      const Executor& ex, Options options, Load load, Handle handle, StreamHandle stream_handle = {})
+      : Pool(ex, static_cast<PoolConfig&&>(options), std::move(load), std::move(handle), std::move(stream_handle)) {
+    if (options.coalesce_key) {
+      if (!std::is_copy_constructible_v<Response>) {
+        throw boost::system::system_error(make_error_code(errc::invalid_argument),
+                                          "coropool: coalesce_key needs a copyable Response");
+      }
+      coalesce_key_ = std::make_unique<coalesce_key_type>(std::move(options.coalesce_key));
+    }
+  }
+
+  /// Constructs a pool on an execution context's executor, with Options (coalescing).
+  ///
+  /// @param context As in the constructor above.
+  /// @param options The pool's configuration, and its coalesce_key.
+  /// @param load    As in the constructor above.
+  /// @param handle  As in the constructor above.
+  /// @param stream_handle Optional, as in the constructor above.
+  ///
+  /// @throws boost::system::system_error with `errc::invalid_argument` as above.
+  template <class ExecutionContext, class Load, class Handle, class StreamHandle = detail::no_stream_handler>
+  requires std::is_convertible_v<ExecutionContext&, asio::execution_context&> Pool(ExecutionContext& context,
+                                                                                   Options options, Load load,
+                                                                                   Handle handle,
+                                                                                   StreamHandle stream_handle = {})
+      : Pool(context.get_executor(), std::move(options), std::move(load), std::move(handle),
+             std::move(stream_handle)) {}
 
   /// Constructs a pool on an execution context's executor (an `io_context`, a `thread_pool`).
   ///
@@ -276,7 +349,8 @@ class Pool {
   auto async_submit(std::string key, Request request, SubmitOptions options,
                     CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
     return asio::async_initiate<CompletionToken, void(std::exception_ptr, Response)>(
-        submit_initiation{core_.get(), true}, token, std::move(key), std::move(request), std::move(options));
+        submit_initiation{core_.get(), coalesce_key_.get(), true}, token, std::move(key), std::move(request),
+        std::move(options));
   }
 
   /// async_submit() that never waits for room: when the key's queue is full
@@ -325,7 +399,8 @@ class Pool {
   auto async_try_submit(std::string key, Request request, SubmitOptions options,
                         CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
     return asio::async_initiate<CompletionToken, void(std::exception_ptr, Response)>(
-        submit_initiation{core_.get(), false}, token, std::move(key), std::move(request), std::move(options));
+        submit_initiation{core_.get(), coalesce_key_.get(), false}, token, std::move(key), std::move(request),
+        std::move(options));
   }
 
   /// Submits a request and returns the worker's Response.
@@ -671,18 +746,34 @@ class Pool {
 
   struct submit_initiation {
     detail::pool_core* core;
+    const coalesce_key_type* coalesce_key;  // null: no coalescing
     bool wait_for_room;
 
     template <class Handler>
     void operator()(Handler&& handler, std::string key, Request request, const SubmitOptions& options) const {
       using op_type = detail::request_op<Request, Response, std::decay_t<Handler>>;
       std::decay_t<Handler> h(std::forward<Handler>(handler));
-      core->start_submit(op_type::create(std::move(request), std::move(h), core->get_executor(), &core->context()), key,
-                         wait_for_room, options);
+      std::optional<std::string> identity;
+      std::exception_ptr error;
+      if (coalesce_key) {
+        try {
+          identity = (*coalesce_key)(request);  // user code: before the request is made, outside every lock
+        } catch (...) {
+          error = std::current_exception();
+        }
+      }
+      auto op = op_type::create(std::move(request), std::move(h), core->get_executor(), &core->context());
+      if (error) return core->refuse(*op, errc::invalid_argument, std::move(error));
+      if (identity) {
+        return core->start_submit(std::move(op), key, wait_for_room, options, std::move(*identity),
+                                  &detail::coalesced_run<Request, Response>::make);
+      }
+      core->start_submit(std::move(op), key, wait_for_room, options);
     }
   };
 
   std::shared_ptr<detail::pool_core> core_;
+  std::unique_ptr<coalesce_key_type> coalesce_key_;  // on the heap: initiations point to it, and a Pool may move
 };
 
 }  // namespace coropool

@@ -111,6 +111,8 @@ inline std::string to_prometheus(const PoolStats& stats, std::string_view prefix
           [](const KeyStats& k) { return k.expired_in_handler; });
   per_key("requests_held_back_total", "counter", "Requests held back by a full queue for a higher priority.",
           [](const KeyStats& k) { return k.held_back; });
+  per_key("requests_coalesced_total", "counter", "Requests that joined an identical request's run.",
+          [](const KeyStats& k) { return k.coalesced; });
   per_key("requests_cancelled_total", "counter", "Requests cancelled by their callers.",
           [](const KeyStats& k) { return k.cancelled; });
   per_key("requests_rejected_total", "counter", "Requests refused by a key.",

@@ -148,6 +148,10 @@ struct KeyStats {
   /// Requests held back by a full queue to make room for a higher priority
   /// (each waited for room again; see PoolConfig::priority_weights).
   std::uint64_t held_back = 0;
+  /// Requests that attached to an identical request's run instead of
+  /// queueing (see `Pool::Options::coalesce_key`); each is also counted in
+  /// `submitted` and in the bucket of its own outcome.
+  std::uint64_t coalesced = 0;
   /// Requests completed with `operation_aborted`: cancelled by their callers,
   /// or withdrawn by a Stream's close().
   std::uint64_t cancelled = 0;
@@ -229,6 +233,7 @@ struct PoolStats {
       t.expired_before_dispatch += k.expired_before_dispatch;
       t.expired_in_handler += k.expired_in_handler;
       t.held_back += k.held_back;
+      t.coalesced += k.coalesced;
       t.cancelled += k.cancelled;
       t.rejected += k.rejected;
       t.loads += k.loads;

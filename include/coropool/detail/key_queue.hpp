@@ -72,6 +72,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -116,7 +117,9 @@ class key_queue {
   /// What enqueue() decided; its caller acts on it after the lock.
   struct admission {
     error_code refused;                             // set: complete the request with it
-    std::unique_ptr<completion<request_ptr>> wake;  // set: a parked worker's, to complete with the request
+    std::unique_ptr<completion<request_ptr>> wake;  // set: a parked worker's, to complete with `handed`
+    request_ptr handed;                             // the request, or the run it started
+    bool joined = false;                            // attached to a run already waiting or handled
   };
 
   /// Accepts `r` (its priority set and checked by the caller): hands it to a
@@ -125,51 +128,62 @@ class key_queue {
   /// refuses it when the key is closed, its breaker is open, its deadline has
   /// passed, or the queue is full and `wait_for_room` is false.
   admission enqueue(const request_ptr& r, bool wait_for_room, const SubmitOptions& options = {}) {
-    using phase = request_base::phase;
     admission result;
     std::lock_guard lock(mutex_);
     const auto now = clock::now();  // under the lock: common deadlines are inserted in order
     const auto deadline = deadline_of_locked(options, now);
-    if (closed_) {
-      result.refused = errc::shutting_down;
-    } else if (deadline <= now) {
-      // Accepted and expired at once: the caller's deadline passed, the key refused nothing.
-      r->state = phase::done;
-      ++counters_.submitted;
-      ++counters_.timed_out;
-      ++counters_.expired_before_dispatch;
-      result.refused = errc::request_timeout;
+    if (refuse_locked(*r, deadline, now, result)) return result;
+    if (!admit_locked(*r, wait_for_room, now, result)) {
+      refused_locked(*r);
       return result;
-    } else if (!breaker_.admit(now, r->probe)) {
-      result.refused = errc::circuit_open;
-    } else if (!idle_.empty()) {
-      // A parked worker takes it directly: nothing is queued whenever one is parked.
-      worker_record* woken = idle_.back();
-      idle_.pop_back();
-      result.wake = std::move(woken->queue.parked);
-      woken->shared.state.transition(worker_state::ready);
-      r->accepted = now;
-      hand_locked(*r, *woken, now);
-    } else if (queued_ < limits_.capacity || hold_back_below_locked(r->priority)) {
-      push_queued_locked(*r);
-    } else if (wait_for_room) {
-      r->state = phase::waiting_room;
-      levels_[r->priority].waiting_room.push_back(*r);
-      ++waiting_room_;
+    }
+    if (result.wake) result.handed = r;
+    accept_locked(*r, deadline, now);
+    return result;
+  }
+
+  /// enqueue() for a request whose identity is `identity` (coalesce_key):
+  /// attaches it to the run of an identical request that is waiting or
+  /// being handled, or starts a run, made by `make_run` from `r` and
+  /// admitted as enqueue() admits a request, with `r` its first caller. A
+  /// run takes one place in the queue, the highest level and the latest
+  /// deadline of its callers; each caller keeps its own deadline and
+  /// cancellation, and the run is withdrawn (or its answer discarded) when
+  /// its last caller has left.
+  admission enqueue_coalesced(const request_ptr& r, bool wait_for_room, const SubmitOptions& options,
+                              std::string identity, request_ptr (*make_run)(request_base&)) {
+    admission result;
+    std::lock_guard lock(mutex_);
+    const auto now = clock::now();
+    const auto deadline = deadline_of_locked(options, now);
+    if (refuse_locked(*r, deadline, now, result)) return result;
+    request_base* run = nullptr;
+    if (auto it = runs_.find(identity); it != runs_.end()) {
+      run = it->second;
+      result.joined = true;
+      ++counters_.coalesced;
+      if (r->priority < run->priority) raise_priority_locked(*run, r->priority);
     } else {
-      result.refused = errc::queue_full;
+      request_ptr made = make_run(*r);  // takes r's Request
+      made->priority = r->priority;
+      if (!admit_locked(*made, wait_for_room, now, result)) {
+        refused_locked(*r);
+        return result;
+      }
+      if (result.wake) result.handed = made;
+      made->accepted = now;
+      made->deadline = deadline;
+      made->coalesced = std::make_unique<request_base::run_info>();
+      made->coalesced->identity = std::move(identity);
+      run = made.get();
+      runs_.emplace(run->coalesced->identity, run);
+      intrusive_ptr_add_ref(run);  // the runs_ map's, until the run ends
     }
-    if (result.refused) {
-      r->state = phase::done;  // under the lock: a cancellation may look at it as soon as we unlock
-      ++counters_.rejected;
-      return result;
-    }
-    ++counters_.submitted;
-    r->accepted = now;
-    r->deadline = deadline;
-    outstanding_.insert(outstanding_.end(), *r);
-    intrusive_ptr_add_ref(r.get());
-    if (!timer_armed_ || deadline < armed_at_) arm_timer_locked(deadline);
+    run->deadline = std::max(run->deadline, deadline);
+    r->state = request_base::phase::attached;
+    r->run = run;
+    run->coalesced->callers.push_back(*r);
+    accept_locked(*r, deadline, now);
     return result;
   }
 
@@ -231,31 +245,50 @@ class key_queue {
   /// claim_answer() and then take(), under one lock: a worker pays one lock
   /// per request. Records the outcome with the breaker and, for an answer
   /// that goes to its caller, its latency.
-  request_ptr claim_answer_and_take(request_base& r, worker_record& w, bool& answer, bool error, bool failure,
-                                    clock::time_point now, double latency_us) {
+  /// For a run, `answer` is false and `callers` receives the callers it
+  /// answers, each claimed (none when every caller had left).
+  request_ptr claim_answer_and_take(request_base& r, worker_record& w, bool& answer, std::vector<request_ptr>& callers,
+                                    bool error, bool failure, clock::time_point now, double latency_us) {
     std::vector<request_ptr> expired;
     request_ptr next;
     {
       std::lock_guard lock(mutex_);
       breaker_.record(failure, now);
-      answer = claim_answer_locked(r, w, error);
-      if (answer) latency_.record(latency_us);
+      if (r.coalesced) {
+        answer = false;
+        release_worker_locked(w);
+        if (r.state != request_base::phase::done) {
+          r.probe = 0;  // its outcome was recorded
+          claim_callers_locked(r, callers, error ? counters_.failed : counters_.completed);
+          for (auto& c : callers) latency_.record(std::chrono::duration<double, std::micro>(now - c->accepted).count());
+        }
+      } else {
+        answer = claim_answer_locked(r, w, error);
+        if (answer) latency_.record(latency_us);
+      }
       next = take_locked(w, now, expired);
     }
     fail_expired(expired);
     return next;
   }
 
-  /// The worker was lost: claims the request it holds, if not done, and counts
-  /// the loss against the breaker. The caller completes the request with `ec`.
-  request_ptr claim_current(worker_record& w, error_code ec) {
+  /// The worker was lost: claims the request it holds (every caller of a
+  /// run), if not done, and counts the loss against the breaker. The caller
+  /// completes them with `ec`.
+  std::vector<request_ptr> claim_current(worker_record& w, error_code ec) {
+    std::vector<request_ptr> lost;
     std::lock_guard lock(mutex_);
     breaker_.record(true, clock::now());
-    if (!w.queue.current || w.queue.current->state == request_base::phase::done) return nullptr;
-    request_ptr lost = w.queue.current;
-    claim_locked(*lost);
-    ++outcome_counter_locked(ec);
-    if (ec == errc::request_timeout) ++counters_.expired_in_handler;  // the sweep came before the key's timer
+    request_base* current = w.queue.current.get();
+    if (!current || current->state == request_base::phase::done) return lost;
+    if (current->coalesced) {
+      claim_callers_locked(*current, lost, outcome_counter_locked(ec));
+    } else {
+      lost.emplace_back(current);
+      claim_locked(*current);
+      ++outcome_counter_locked(ec);
+    }
+    if (ec == errc::request_timeout) counters_.expired_in_handler += lost.size();  // the sweep came before the timer
     return lost;
   }
 
@@ -285,6 +318,12 @@ class key_queue {
         if (r.state == request_base::phase::in_flight) {
           ++counters_.expired_in_handler;
           if (auto w = r.worker ? r.worker->weak_from_this().lock() : nullptr) interrupted.emplace_back(w, &r);
+        } else if (r.state == request_base::phase::attached && r.run->state == request_base::phase::in_flight) {
+          ++counters_.expired_in_handler;
+          request_base& run = *r.run;
+          if (run.coalesced->callers.size() == 1) {  // its last caller: nobody waits for the handler any more
+            if (auto w = run.worker ? run.worker->weak_from_this().lock() : nullptr) interrupted.emplace_back(w, &run);
+          }
         } else {
           ++counters_.expired_before_dispatch;
         }
@@ -411,6 +450,7 @@ class key_queue {
     s.expired_before_dispatch = counters_.expired_before_dispatch;
     s.expired_in_handler = counters_.expired_in_handler;
     s.held_back = counters_.held_back;
+    s.coalesced = counters_.coalesced;
     s.queue_time = queue_time_;
     s.submitted = counters_.submitted;
     s.completed = counters_.completed;
@@ -471,6 +511,126 @@ class key_queue {
     return deadline;
   }
 
+  /// Refuses `r` before admission: the key is closed, or its deadline has
+  /// passed (then it counts as accepted and timed out at once).
+  bool refuse_locked(request_base& r, clock::time_point deadline, clock::time_point now, admission& result) {
+    if (closed_) {
+      result.refused = errc::shutting_down;
+      refused_locked(r);
+      return true;
+    }
+    if (deadline > now) return false;
+    r.state = request_base::phase::done;  // under the lock: a cancellation may look at it as soon as we unlock
+    ++counters_.submitted;
+    ++counters_.timed_out;
+    ++counters_.expired_before_dispatch;
+    result.refused = errc::request_timeout;
+    return true;
+  }
+
+  void refused_locked(request_base& r) {
+    r.state = request_base::phase::done;
+    ++counters_.rejected;
+  }
+
+  /// Places `unit` (a request, or a new run): with a parked worker, in the
+  /// queue, or among the callers waiting for room. False, with
+  /// `result.refused` set, when the breaker or a full queue refuses it.
+  bool admit_locked(request_base& unit, bool wait_for_room, clock::time_point now, admission& result) {
+    if (!breaker_.admit(now, unit.probe)) {
+      result.refused = errc::circuit_open;
+      return false;
+    }
+    if (!idle_.empty()) {
+      // A parked worker takes it directly: nothing is queued whenever one is parked.
+      worker_record* woken = idle_.back();
+      idle_.pop_back();
+      result.wake = std::move(woken->queue.parked);
+      woken->shared.state.transition(worker_state::ready);
+      unit.accepted = now;
+      hand_locked(unit, *woken, now);
+      return true;
+    }
+    if (queued_ < limits_.capacity || hold_back_below_locked(unit.priority)) {
+      push_queued_locked(unit);
+      return true;
+    }
+    if (wait_for_room) {
+      unit.state = request_base::phase::waiting_room;
+      levels_[unit.priority].waiting_room.push_back(unit);
+      ++waiting_room_;
+      return true;
+    }
+    result.refused = errc::queue_full;
+    return false;
+  }
+
+  /// `r`, admitted, becomes outstanding until its one completion.
+  void accept_locked(request_base& r, clock::time_point deadline, clock::time_point now) {
+    ++counters_.submitted;
+    r.accepted = now;
+    r.deadline = deadline;
+    outstanding_.insert(outstanding_.end(), r);
+    intrusive_ptr_add_ref(&r);
+    if (!timer_armed_ || deadline < armed_at_) arm_timer_locked(deadline);
+  }
+
+  /// A caller of a higher level attached to `run`: a waiting run moves to
+  /// the back of that level.
+  void raise_priority_locked(request_base& run, std::uint8_t priority) {
+    using phase = request_base::phase;
+    if (run.state == phase::queued) {
+      auto& from = levels_[run.priority].queued;
+      from.erase(from.iterator_to(run));
+      --queued_;
+      run.priority = priority;
+      push_queued_locked(run);
+    } else if (run.state == phase::waiting_room) {
+      auto& from = levels_[run.priority].waiting_room;
+      from.erase(from.iterator_to(run));
+      run.priority = priority;
+      levels_[priority].waiting_room.push_back(run);
+    } else {
+      run.priority = priority;
+    }
+  }
+
+  /// The run's last caller has left, or it was answered: it leaves the
+  /// queue (if it waits there) and the map, and is done. One being handled
+  /// stays in its worker's hands, and its answer goes nowhere.
+  void end_run_locked(request_base& run) {
+    using phase = request_base::phase;
+    if (run.probe) breaker_.release_probe(std::exchange(run.probe, 0));
+    if (run.state == phase::queued) {
+      auto& list = levels_[run.priority].queued;
+      list.erase(list.iterator_to(run));
+      --queued_;
+      promote_room_waiter_locked();
+    } else if (run.state == phase::waiting_room) {
+      auto& list = levels_[run.priority].waiting_room;
+      list.erase(list.iterator_to(run));
+      --waiting_room_;
+    }
+    run.state = phase::done;
+    runs_.erase(run.coalesced->identity);
+    intrusive_ptr_release(&run);  // the map's: the worker or the caller at hand holds another
+  }
+
+  /// Claims every caller attached to `run` into `callers`, each counted with
+  /// `ec` (an empty one: `counter` instead), and ends the run.
+  void claim_callers_locked(request_base& run, std::vector<request_ptr>& callers, std::uint64_t& counter) {
+    auto& attached = run.coalesced->callers;
+    while (!attached.empty()) {
+      request_base& c = attached.front();
+      attached.pop_front();
+      c.state = request_base::phase::done;
+      outstanding_.erase(outstanding_.iterator_to(c));
+      callers.emplace_back(&c, false);  // takes over outstanding_'s reference
+      ++counter;
+    }
+    end_run_locked(run);
+  }
+
   /// Hands `r` to `w`, which is to run its handler.
   void hand_locked(request_base& r, worker_record& w, clock::time_point now) {
     r.state = request_base::phase::in_flight;
@@ -525,10 +685,15 @@ class key_queue {
       level& l = next_level_locked();
       request_base& r = l.queued.front();
       if (r.deadline <= now) {  // the timer has not run yet: its thread is busy
-        expired.emplace_back(&r);
-        claim_locked(r);
-        ++counters_.timed_out;
-        ++counters_.expired_before_dispatch;
+        const std::size_t before = expired.size();
+        if (r.coalesced) {
+          claim_callers_locked(r, expired, counters_.timed_out);  // every caller is due: the latest deadline passed
+        } else {
+          expired.emplace_back(&r);
+          claim_locked(r);
+          ++counters_.timed_out;
+        }
+        counters_.expired_before_dispatch += expired.size() - before;
         continue;
       }
       l.queued.pop_front();
@@ -560,10 +725,14 @@ class key_queue {
                }));
   }
 
-  bool claim_answer_locked(request_base& r, worker_record& w, bool error) {
+  void release_worker_locked(worker_record& w) {
     w.queue.current = nullptr;
     w.shared.served.fetch_add(1, std::memory_order_relaxed);
     w.shared.state.transition(worker_state::ready);
+  }
+
+  bool claim_answer_locked(request_base& r, worker_record& w, bool error) {
+    release_worker_locked(w);
     if (r.state == request_base::phase::done) return false;
     r.probe = 0;  // its outcome was recorded
     ++(error ? counters_.failed : counters_.completed);
@@ -598,6 +767,10 @@ class key_queue {
       auto& list = levels_[r.priority].waiting_room;
       list.erase(list.iterator_to(r));
       --waiting_room_;
+    } else if (r.state == phase::attached) {
+      request_base& run = *std::exchange(r.run, nullptr);
+      run.coalesced->callers.erase(run.coalesced->callers.iterator_to(r));
+      if (run.coalesced->callers.empty()) end_run_locked(run);  // the last caller has left
     }
     r.state = phase::done;
     outstanding_.erase(outstanding_.iterator_to(r));
@@ -643,6 +816,9 @@ class key_queue {
   std::size_t waiting_room_ = 0;  // over every level
   std::uint64_t virtual_time_ = 0;  // the pass of the last request taken
   deadline_set outstanding_;
+  // The runs of coalesced requests that wait or are being handled, by
+  // identity; each holds a reference, and has at least one caller.
+  std::unordered_map<std::string, request_base*> runs_;
   // Parked workers, oldest first. Plain pointers: a parked worker's suspended
   // coroutine owns its record, and the request path pays no reference count;
   // the strand's rare uses get the owner from shared_from_this().
@@ -652,7 +828,7 @@ class key_queue {
   circuit_breaker breaker_;
   struct {
     std::uint64_t submitted = 0, completed = 0, failed = 0, timed_out = 0, cancelled = 0, rejected = 0;
-    std::uint64_t expired_before_dispatch = 0, expired_in_handler = 0, held_back = 0;
+    std::uint64_t expired_before_dispatch = 0, expired_in_handler = 0, held_back = 0, coalesced = 0;
   } counters_;  // see KeyStats
   LatencyHistogram latency_;
   LatencyHistogram queue_time_;

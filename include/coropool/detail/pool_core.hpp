@@ -87,9 +87,14 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   template <bool AsException, class Handler>
   void start_wait(Handler&& handler, std::string key, clock::duration timeout);
   /// Submits a request; `wait_for_room` picks backpressure over queue_full.
+  /// `make_run` is set when the request is to be coalesced with identical
+  /// ones named `identity` (see key_queue::enqueue_coalesced).
   template <class Op>
   void start_submit(boost::intrusive_ptr<Op> op, const std::string& key, bool wait_for_room,
-                    const SubmitOptions& options = {});
+                    const SubmitOptions& options = {}, std::string identity = {},
+                    request_ptr (*make_run)(request_base&) = nullptr);
+  /// Refuses a request before it reaches a key (counted pool-wide), with `ec` or `error`.
+  void refuse(request_base& r, error_code ec, std::exception_ptr error = nullptr);
   /// Checks a request's options; sets its priority level from them.
   error_code apply_options(request_base& r, const SubmitOptions& options) const;
   /// Withdraws a request: completes it with operation_aborted unless it is done.
@@ -114,8 +119,10 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   void park(worker_record& w, Handler&& handler);
   /// Whether a worker's answer to `r` goes to its caller.
   bool claim_answer(request_base& r, worker_record& w);
-  /// claim_answer() and take_request() under one lock.
-  request_ptr claim_answer_and_take(request_base& r, worker_record& w, bool& answer, bool error, bool failure);
+  /// claim_answer() and take_request() under one lock; for a run of
+  /// coalesced requests, `callers` receives the callers to answer.
+  request_ptr claim_answer_and_take(request_base& r, worker_record& w, bool& answer, std::vector<request_ptr>& callers,
+                                    bool error, bool failure);
   /// Whether an exception of `load` or `handle` counts against the breaker
   /// (PoolConfig::breaker_counts): user code, called outside every lock.
   bool counts_as_failure(const std::exception_ptr& e) const;

@@ -13,6 +13,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -28,7 +29,9 @@ struct worker_record;
 /// they, completes the caller: that is the exactly-once rule (see key_queue).
 class request_base {
  public:
-  enum class phase : std::uint8_t { waiting_room, queued, in_flight, done };
+  /// `attached`: a caller coalesced onto a run (see coalescing below), which
+  /// is itself waiting_room, queued or in_flight.
+  enum class phase : std::uint8_t { waiting_room, queued, in_flight, attached, done };
 
   using hook = boost::intrusive::list_member_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>>;
   using deadline_hook_type = boost::intrusive::set_member_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>,
@@ -55,6 +58,15 @@ class request_base {
   deadline_hook_type deadline_hook;  // among the key's outstanding requests, by deadline
   worker_record* worker = nullptr;   // the worker it was handed to (in_flight)
 
+  // Coalescing (PoolConfig's coalesce_key). Identical requests share one
+  // *run*: a request_entry of its own that holds the Request, is queued and
+  // handled like any request, and answers the callers attached to it. Each
+  // caller is a request of its own (its handler, deadline, cancellation),
+  // outstanding in the key's queue, with phase `attached`.
+  struct run_info;
+  std::unique_ptr<run_info> coalesced;  // set on a run
+  request_base* run = nullptr;          // set on an attached caller: the run it waits for
+
   key_queue* queue = nullptr;  // its key's, set before the request is published
   std::uint64_t probe = 0;     // the half-open breaker epoch it probes; 0: not a probe
 
@@ -64,7 +76,7 @@ class request_base {
   }
 
  protected:
-  virtual ~request_base() = default;
+  virtual ~request_base();
 
   /// Destroys the request and frees its memory, as it was allocated.
   virtual void destroy() noexcept { delete this; }
@@ -101,6 +113,14 @@ using deadline_set = boost::intrusive::multiset<
     request_base,
     boost::intrusive::member_hook<request_base, request_base::deadline_hook_type, &request_base::deadline_hook>,
     boost::intrusive::compare<by_deadline>, boost::intrusive::constant_time_size<false>>;
+
+/// A run's own: what its callers share (see request_base, "Coalescing").
+struct request_base::run_info {
+  std::string identity;  // what coalesce_key named
+  request_list callers;  // attached and not done, first come first (their queue_hook: they are in no queue)
+};
+
+inline request_base::~request_base() = default;
 
 /// A request as a worker sees it: the Request to serve and the way to answer.
 template <class Chunk>
@@ -249,6 +269,24 @@ class request_op final : public request_entry<Request, Response> {
 /// A streamed request: its caller reads a stream_state instead of waiting
 /// for one completion, so every outcome the pool decides (a timeout, a
 /// refusal, a cancellation, a failed wave) ends the stream in-band.
+/// A run of coalesced requests: holds the Request that its first caller
+/// gave, is queued and handled as one request, and has no handler of its
+/// own: the worker answers each caller attached to it (see key_queue).
+template <class Request, class Response>
+class coalesced_run final : public request_entry<Request, Response> {
+ public:
+  using request_entry<Request, Response>::request_entry;
+
+  /// Makes the run for `first`'s identity, taking its Request.
+  static request_ptr make(request_base& first) {
+    auto& entry = static_cast<request_entry<Request, Response>&>(first);
+    return request_ptr(new coalesced_run(std::move(entry.request)));
+  }
+
+  void complete(std::exception_ptr, Response) override {}  // its callers are answered, not the run
+  void abandon() noexcept override {}
+};
+
 template <class Request, class Response, class StreamState>
 class stream_request_op final : public request_entry<Request, Response> {
  public:

@@ -22,6 +22,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace coropool::detail {
 
@@ -116,9 +117,25 @@ class worker_loop {
       }
       const bool failure = error && core->counts_as_failure(error);  // user code: before the lock
       bool answer = false;
-      request_ptr next = core->claim_answer_and_take(entry, *w, answer, error != nullptr, failure);
+      std::vector<request_ptr> callers;  // a run's (see key_queue::enqueue_coalesced); no allocation otherwise
+      request_ptr next = core->claim_answer_and_take(entry, *w, answer, callers, error != nullptr, failure);
       if (answer) answers.send(entry, std::move(error), std::move(response));
+      if (!callers.empty()) answer_callers(answers, callers, error, response);
       r = std::move(next);
+    }
+  }
+
+  /// Every caller of a run gets the answer: a copy of the Response, or the same exception.
+  static void answer_callers(answer_sender<entry_type, Response>& answers, std::vector<request_ptr>& callers,
+                             const std::exception_ptr& error, Response& response) {
+    if constexpr (std::is_copy_constructible_v<Response>) {
+      for (std::size_t i = 0; i + 1 < callers.size(); ++i) {
+        answers.send(static_cast<entry_type&>(*callers[i]), error, Response(response));
+      }
+      answers.send(static_cast<entry_type&>(*callers.back()), error, std::move(response));
+    } else {
+      // Unreachable: Pool refuses a coalesce_key for a Response it cannot copy.
+      answers.send(static_cast<entry_type&>(*callers.front()), error, std::move(response));
     }
   }
 

@@ -111,10 +111,10 @@ COROPOOL_DECL void pool_core::on_exit(const std::shared_ptr<worker_record>& w, c
   if (stopping() && live_workers_ == 0) finish_shutdown();
 }
 
-/// Fails the request a worker holds, if it is not done already; a worker
+/// Fails the request a worker holds (each caller of a run), if not done already; a worker
 /// lost counts against its key's breaker.
 COROPOOL_DECL void pool_core::fail_current(worker_record& w, error_code ec) {
-  if (auto lost = w.key->queue.claim_current(w, ec)) lost->fail(ec, nullptr);
+  for (auto& lost : w.key->queue.claim_current(w, ec)) lost->fail(ec, nullptr);
 }
 
 /// Stops a worker now: a parked one is handed null, and whatever it awaits

@@ -11,15 +11,11 @@ namespace coropool::detail {
 /// Any thread.
 template <class Op>
 void pool_core::start_submit(boost::intrusive_ptr<Op> op, const std::string& key, bool wait_for_room,
-                             const SubmitOptions& options) {
-  auto refuse = [&](error_code ec) {  // never accepted: nothing else can hold it yet
-    rejected_.fetch_add(1, std::memory_order_relaxed);
-    op->state = request_base::phase::done;
-    op->fail(ec, nullptr);
-  };
-  if (key.empty()) return refuse(errc::invalid_argument);
-  if (auto ec = apply_options(*op, options)) return refuse(ec);
-  if (stopping()) return refuse(errc::shutting_down);
+                             const SubmitOptions& options, std::string identity,
+                             request_ptr (*make_run)(request_base&)) {
+  if (key.empty()) return refuse(*op, errc::invalid_argument);
+  if (auto ec = apply_options(*op, options)) return refuse(*op, ec);
+  if (stopping()) return refuse(*op, errc::shutting_down);
   key_state& k = key_for(key);
   op->queue = &k.queue;
   if constexpr (requires { op->handler(); }) {
@@ -32,9 +28,11 @@ void pool_core::start_submit(boost::intrusive_ptr<Op> op, const std::string& key
     }
   }
   request_ptr r(std::move(op));
-  auto admitted = k.queue.enqueue(r, wait_for_room, options);
+  auto admitted = make_run ? k.queue.enqueue_coalesced(r, wait_for_room, options, std::move(identity), make_run)
+                          : k.queue.enqueue(r, wait_for_room, options);
   if (admitted.refused) return r->fail(admitted.refused, nullptr);
-  if (admitted.wake) return admitted.wake->complete(std::move(r));
+  if (admitted.wake) return admitted.wake->complete(std::move(admitted.handed));
+  if (admitted.joined) return;  // attached to a run already there: nothing new waits
   // Queued: a cold key, or a busy one with room to grow, needs the strand's
   // attention (one post at a time per key; attend() lowers the flag).
   if ((k.gauges.ready_workers.load(std::memory_order_relaxed) == 0 ||

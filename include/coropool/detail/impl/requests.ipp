@@ -15,6 +15,12 @@ COROPOOL_DECL error_code pool_core::apply_options(request_base& r, const SubmitO
   return {};
 }
 
+COROPOOL_DECL void pool_core::refuse(request_base& r, error_code ec, std::exception_ptr error) {
+  rejected_.fetch_add(1, std::memory_order_relaxed);  // never accepted: nothing else can hold it yet
+  r.state = request_base::phase::done;
+  r.fail(ec, std::move(error));
+}
+
 COROPOOL_DECL void pool_core::cancel_request(request_base& r) {
   if (!r.queue) return;  // refused before it reached a key: done already
   if (r.queue->cancel(r)) r.fail(asio::error::operation_aborted, nullptr);
@@ -25,14 +31,14 @@ COROPOOL_DECL bool pool_core::claim_answer(request_base& r, worker_record& w) {
   return w.key->queue.claim_answer(r, w, false);
 }
 
-COROPOOL_DECL request_ptr pool_core::claim_answer_and_take(request_base& r, worker_record& w, bool& answer, bool error,
-                                                           bool failure) {
+COROPOOL_DECL request_ptr pool_core::claim_answer_and_take(request_base& r, worker_record& w, bool& answer,
+                                                           std::vector<request_ptr>& callers, bool error, bool failure) {
   // Outside the lock, which every submit of the key contends for: the clock
   // read, and the latency (`accepted` is fixed once the request is queued).
   const auto now = clock::now();
   w.own.last_progress = now;
   const double latency_us = std::chrono::duration<double, std::micro>(now - r.accepted).count();
-  return w.key->queue.claim_answer_and_take(r, w, answer, error, failure, now, latency_us);
+  return w.key->queue.claim_answer_and_take(r, w, answer, callers, error, failure, now, latency_us);
 }
 
 COROPOOL_DECL bool pool_core::counts_as_failure(const std::exception_ptr& e) const {
