@@ -10,6 +10,9 @@
 
 #include "support.hpp"
 
+#include <algorithm>
+#include <optional>
+#include <string>
 #include <vector>
 
 using namespace coropool;
@@ -399,4 +402,238 @@ TEST_CASE("a stream takes its options: a deadline until it starts, and its level
   REQUIRE(run_until_idle(ioc, 1));
   CHECK(stream_end == errc::request_timeout);
   CHECK(chunks.empty());
+}
+
+namespace {
+
+/// Requests coalesce by their value, except negative ones.
+IntPool::Options coalescing(PoolConfig config) {
+  IntPool::Options options(std::move(config));
+  options.coalesce_key = [](const int& request) -> std::optional<std::string> {
+    if (request < 0) return std::nullopt;
+    if (request == 666) throw model_error("no identity for the beast");
+    return std::to_string(request);
+  };
+  return options;
+}
+
+}  // namespace
+
+TEST_CASE("1,000 identical concurrent submits run the handler once, and every caller gets the answer",
+          "[scheduling][coalescing]") {
+  asio::io_context ioc;
+  Gate gate(ioc.get_executor());
+  std::atomic<int> runs{0};
+  IntPool pool(ioc, coalescing(TestConfig().queue(4)), scripted_loader(std::make_shared<LoadScript>()),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 runs.fetch_add(1);
+                 co_await gate.pass();
+                 co_return request * 2;
+               });
+  constexpr int callers = 1000;
+  std::vector<Outcome> outcomes(callers);
+  asio::co_spawn(ioc,
+                 shutdown_after(pool,
+                                [&]() -> asio::awaitable<void> {
+                                  co_await pool.wait_for_workers("bert");
+                                  for (auto& o : outcomes) {
+                                    asio::co_spawn(ioc, submit_recording(pool, 21, {}, o), asio::detached);
+                                  }
+                                  co_await pause(20ms);
+                                  const auto k = pool.stats().keys.at("bert");
+                                  CHECK(k.coalesced == callers - 1);
+                                  CHECK(k.waiting_for_room == 0);  // one place, in a queue of 4
+                                  gate.open();
+                                  const bool done = co_await eventually([&] {
+                                    return std::all_of(outcomes.begin(), outcomes.end(),
+                                                       [](const Outcome& o) { return o.completions == 1; });
+                                  });
+                                  CHECK(done);
+                                }),
+                 asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(runs == 1);
+  for (const auto& o : outcomes) {
+    CHECK(o.completions == 1);
+    CHECK(o.value == 42);
+  }
+  const auto k = pool.stats().keys.at("bert");
+  CHECK(k.submitted == callers);
+  CHECK(k.completed == callers);
+  CHECK(k.latency.count == callers);
+}
+
+TEST_CASE("a coalesced caller cancelling detaches only itself; the last one leaving withdraws the run",
+          "[scheduling][coalescing]") {
+  asio::io_context ioc;
+  Gate gate(ioc.get_executor());
+  std::vector<int> handled;
+  IntPool pool(ioc, coalescing(TestConfig()), scripted_loader(std::make_shared<LoadScript>()),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 handled.push_back(request);
+                 if (request == 0) co_await gate.pass();
+                 co_return request;
+               });
+  asio::cancellation_signal leave_a, leave_b, leave_c, leave_d;
+  error_code a, b, c, d;
+  int b_value = 0;
+  auto submit_cancellable = [&](int request, asio::cancellation_signal& signal, error_code& out, int* value) {
+    pool.async_submit("bert", request, asio::bind_cancellation_slot(signal.slot(), [&out, value](std::exception_ptr e, int v) {
+                        out = error_of(e);
+                        if (value) *value = v;
+                      }));
+  };
+  asio::co_spawn(ioc,
+                 shutdown_after(pool,
+                                [&]() -> asio::awaitable<void> {
+                                  co_await pool.wait_for_workers("bert");
+                                  asio::co_spawn(ioc, pool.submit("bert", 0), asio::detached);  // busy
+                                  co_await pause(5ms);
+                                  submit_cancellable(7, leave_a, a, nullptr);
+                                  submit_cancellable(7, leave_b, b, &b_value);
+                                  submit_cancellable(8, leave_c, c, nullptr);
+                                  submit_cancellable(8, leave_d, d, nullptr);
+                                  co_await pause(5ms);
+                                  leave_a.emit(asio::cancellation_type::terminal);  // b still waits for 7
+                                  leave_c.emit(asio::cancellation_type::terminal);
+                                  leave_d.emit(asio::cancellation_type::terminal);  // nobody waits for 8
+                                  co_await pause(5ms);
+                                  CHECK(pool.queued_requests("bert") == 1);
+                                  gate.open();
+                                  const bool done = co_await eventually([&] { return b_value == 7; });
+                                  CHECK(done);
+                                }),
+                 asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(a == asio::error::operation_aborted);
+  CHECK(c == asio::error::operation_aborted);
+  CHECK(d == asio::error::operation_aborted);
+  CHECK(b == error_code{});
+  CHECK(handled == std::vector<int>{0, 7});  // 8 was withdrawn before any worker took it
+  CHECK(pool.stats().keys.at("bert").cancelled == 3);
+}
+
+TEST_CASE("an exception reaches every coalesced caller and is not remembered", "[scheduling][coalescing]") {
+  asio::io_context ioc;
+  Gate gate(ioc.get_executor());
+  std::atomic<int> runs{0};
+  IntPool pool(ioc, coalescing(TestConfig()), scripted_loader(std::make_shared<LoadScript>()),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 const int run = runs.fetch_add(1);
+                 co_await gate.pass();
+                 if (run == 0) throw model_error("first run fails");
+                 co_return request;
+               });
+  std::vector<std::string> errors;
+  int later = 0;
+  asio::co_spawn(ioc,
+                 shutdown_after(pool,
+                                [&]() -> asio::awaitable<void> {
+                                  co_await pool.wait_for_workers("bert");
+                                  for (int i = 0; i < 3; ++i) {
+                                    asio::co_spawn(
+                                        ioc,
+                                        [&]() -> asio::awaitable<void> {
+                                          try {
+                                            co_await pool.submit("bert", 5);
+                                          } catch (const model_error& e) {
+                                            errors.push_back(e.what());
+                                          }
+                                        },
+                                        asio::detached);
+                                  }
+                                  co_await pause(5ms);
+                                  gate.open();
+                                  const bool done = co_await eventually([&] { return errors.size() == 3; });
+                                  CHECK(done);
+                                  later = co_await pool.submit("bert", 5);  // runs again
+                                }),
+                 asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(errors == std::vector<std::string>(3, "first run fails"));
+  CHECK(later == 5);
+  CHECK(runs == 2);
+  const auto k = pool.stats().keys.at("bert");
+  CHECK(k.failed == 3);
+  CHECK(k.completed == 1);
+}
+
+TEST_CASE("distinct identities are never merged, many sharing a hash bucket; a throwing coalesce_key fails only its "
+          "caller; nullopt never coalesces",
+          "[scheduling][coalescing]") {
+  asio::io_context ioc;
+  Gate gate(ioc.get_executor());
+  std::vector<int> handled;
+  IntPool pool(ioc, coalescing(TestConfig().queue(1000)), scripted_loader(std::make_shared<LoadScript>()),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 handled.push_back(request);
+                 co_await gate.pass();
+                 co_return request;
+               });
+  constexpr int distinct = 300;  // far more identities than the map's first buckets
+  std::vector<Outcome> outcomes(distinct), unnamed(2);
+  error_code beast;
+  std::string beast_what;
+  asio::co_spawn(ioc,
+                 shutdown_after(pool,
+                                [&]() -> asio::awaitable<void> {
+                                  co_await pool.wait_for_workers("bert");
+                                  for (int i = 0; i < distinct; ++i) {
+                                    asio::co_spawn(ioc, submit_recording(pool, i, {}, outcomes[i]), asio::detached);
+                                  }
+                                  for (auto& o : unnamed) {
+                                    asio::co_spawn(ioc, submit_recording(pool, -1, {}, o), asio::detached);
+                                  }
+                                  try {
+                                    co_await pool.submit("bert", 666);
+                                  } catch (const model_error& e) {
+                                    beast_what = e.what();
+                                  }
+                                  co_await pause(5ms);
+                                  gate.open();
+                                  const bool done = co_await eventually([&] { return handled.size() == distinct + 2; });
+                                  CHECK(done);
+                                }),
+                 asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(beast_what == "no identity for the beast");
+  for (int i = 0; i < distinct; ++i) CHECK(outcomes[i].value == i);
+  for (const auto& o : unnamed) CHECK(o.value == -1);
+  CHECK(handled.size() == distinct + 2);
+  const auto stats = pool.stats();
+  CHECK(stats.keys.at("bert").coalesced == 0);
+  CHECK(stats.rejected == 1);  // the caller whose identity threw
+}
+
+TEST_CASE("each coalesced caller keeps its own deadline; the run lives for the latest", "[scheduling][coalescing]") {
+  asio::io_context ioc;
+  Gate gate(ioc.get_executor());
+  std::atomic<int> runs{0};
+  IntPool pool(ioc, coalescing(TestConfig()), scripted_loader(std::make_shared<LoadScript>()),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 if (request != 0) runs.fetch_add(1);
+                 co_await gate.pass();
+                 co_return request;
+               });
+  Outcome hurried, patient;
+  asio::co_spawn(ioc,
+                 shutdown_after(pool,
+                                [&]() -> asio::awaitable<void> {
+                                  co_await pool.wait_for_workers("bert");
+                                  asio::co_spawn(ioc, pool.submit("bert", 0), asio::detached);  // busy
+                                  co_await pause(5ms);
+                                  asio::co_spawn(ioc, submit_recording(pool, 3, timeout_of(20ms), hurried),
+                                                 asio::detached);
+                                  asio::co_spawn(ioc, submit_recording(pool, 3, {}, patient), asio::detached);
+                                  co_await pause(60ms);
+                                  CHECK(hurried.completions == 1);
+                                  gate.open();
+                                  const bool done = co_await eventually([&] { return patient.completions == 1; });
+                                  CHECK(done);
+                                }),
+                 asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(hurried.error == errc::request_timeout);
+  CHECK(patient.value == 3);
+  CHECK(runs == 1);
 }
