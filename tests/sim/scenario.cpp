@@ -53,6 +53,32 @@ class byte_reader {
   std::size_t next_ = 0;
 };
 
+/// The scheduling dimensions (a request's own deadline and priority, the
+/// levels, coalescing) drawn from a generator seeded with the whole input, not
+/// from the byte stream: the corpus and the regression inputs, recorded
+/// before these existed, decode the same operations as before, and the same
+/// bytes still give the same run. libFuzzer steers them only through the
+/// hash, which changes with every mutation.
+class side_stream {
+ public:
+  side_stream(const std::uint8_t* data, std::size_t size) {
+    for (std::size_t i = 0; i < size; ++i) state_ = (state_ ^ data[i]) * 0x100000001b3ULL;  // FNV-1a
+  }
+  std::size_t below(std::size_t n) noexcept {
+    state_ ^= state_ >> 12;  // xorshift64*
+    state_ ^= state_ << 25;
+    state_ ^= state_ >> 27;
+    return n ? static_cast<std::size_t>((state_ * 0x2545F4914F6CDD1DULL) >> 33) % n : 0;
+  }
+  template <class T, std::size_t N>
+  const T& pick(const std::array<T, N>& table) noexcept {
+    return table[below(N)];
+  }
+
+ private:
+  std::uint64_t state_ = 0xcbf29ce484222325ULL;
+};
+
 enum class load_kind : std::uint8_t { ok, fails, hangs, slow };
 enum class handle_kind : std::uint8_t { answer, throws, slow, hangs, stuck, throws_non_std, dies };
 enum class caller_kind : std::uint8_t { submit, try_submit, stream, wait, command, shutdown };
@@ -123,7 +149,10 @@ struct caller {
   caller_kind kind;
   int key;  // -1: the empty key
   handle_kind behaviour = handle_kind::answer;
+  int request_id = 0;  // the Request it submitted: its own id, or an earlier caller's it repeats (coalescing)
   time_point at;
+  time_point deadline = time_point::max();  // its own (SubmitOptions), as the pool computes it
+  bool bad_options = false;                 // a timeout not positive, or a priority beyond the levels
   duration timeout{};  // a wait's
   bool cancelled = false;
   int completions = 0;
@@ -147,7 +176,7 @@ struct key_model {
 
 class scenario {
  public:
-  scenario(const std::uint8_t* data, std::size_t size) : in_(data, size) {}
+  scenario(const std::uint8_t* data, std::size_t size) : in_(data, size), side_(data, size) {}
 
   scenario(const scenario&) = delete;
   scenario& operator=(const scenario&) = delete;
@@ -166,7 +195,13 @@ class scenario {
     ioc_.emplace(1);
     PoolConfig config = decode_config();
     try {
-      pool_.emplace(*ioc_, config, loader(), handler(), stream_handler());
+      SimPool::Options options(config);
+      if (coalescing_) {
+        options.coalesce_key = [](const Request& r) -> std::optional<std::string> {
+          return std::to_string(r.id) + "/" + name(r.kind);
+        };
+      }
+      pool_.emplace(*ioc_, std::move(options), loader(), handler(), stream_handler());
     } catch (const boost::system::system_error& e) {
       require(e.code() == errc::invalid_argument, "a config out of range is refused with invalid_argument");
       require(!config_valid_, "a valid config was refused: " + std::string(e.what()));
@@ -235,6 +270,26 @@ class scenario {
           break;
         default:
           c.warm_keys = {""};
+          break;
+      }
+    }
+    // Scheduling (from the side stream: see side_stream).
+    const std::array<std::vector<unsigned>, 4> weights{std::vector<unsigned>{8, 4, 2, 1, 1}, std::vector<unsigned>{1},
+                                                       std::vector<unsigned>{1, 1}, std::vector<unsigned>{3, 1}};
+    c.priority_weights = side_.pick(weights);
+    if (side_.below(3) == 0) c.max_request_timeout = std::max(c.request_timeout, side_.pick(durations));
+    coalescing_ = side_.below(2) == 0;
+    if (config_valid_ && side_.below(64) == 0) {
+      config_valid_ = false;
+      switch (side_.below(3)) {
+        case 0:
+          c.priority_weights = {};
+          break;
+        case 1:
+          c.priority_weights = {2, 0};
+          break;
+        default:
+          c.max_request_timeout = c.request_timeout / 2;  // 0 when request_timeout is 1 ns: out of range too
           break;
       }
     }
@@ -307,8 +362,18 @@ class scenario {
     c.behaviour = behaviour;
     trace("#" + std::to_string(id) + " " + name(kind) + " " + key_name(key) + " handler " + name(behaviour));
     Request request{id, behaviour};
+    if (coalescing_ && kind != caller_kind::stream && !requests_.empty() && side_.below(3) != 0) {
+      // Repeat one of the latest requests, so that identical requests meet while one still waits.
+      const auto& earlier = callers_[requests_[requests_.size() - 1 - side_.below(std::min<std::size_t>(requests_.size(), 3))]];
+      request = Request{earlier.request_id, earlier.behaviour};
+      c.behaviour = earlier.behaviour;
+      trace("  repeats #" + std::to_string(earlier.request_id) + "'s request (" + name(earlier.behaviour) + ")");
+    }
+    c.request_id = request.id;
+    if (kind != caller_kind::stream) requests_.push_back(id);
+    const SubmitOptions options = decode_options(c);
     if (kind == caller_kind::stream) {
-      c.stream.emplace(pool_->submit_stream(key_name(key), request));
+      c.stream.emplace(pool_->submit_stream(key_name(key), request, options));
       read_stream(id, std::make_shared<completion_guard>(this, id));
       return;
     }
@@ -318,10 +383,44 @@ class scenario {
           g->s->request_done(g->id, std::move(e), r);
         });
     if (kind == caller_kind::submit) {
-      pool_->async_submit(key_name(key), request, std::move(done));
+      pool_->async_submit(key_name(key), request, options, std::move(done));
     } else {
-      pool_->async_try_submit(key_name(key), request, std::move(done));
+      pool_->async_try_submit(key_name(key), request, options, std::move(done));
     }
+  }
+
+  /// A request's own options, and the deadline the pool is to give it.
+  SubmitOptions decode_options(caller& c) {
+    SubmitOptions o;
+    c.deadline = deadline_after(c.at, std::min(config_.request_timeout, config_.max_request_timeout));
+    const std::size_t levels = config_.priority_weights.size();
+    switch (side_.below(8)) {
+      case 0:
+        o.timeout = side_.pick(durations);
+        c.deadline = deadline_after(c.at, std::min(*o.timeout, config_.max_request_timeout));
+        break;
+      case 1:
+        o.deadline = deadline_after(c.at, side_.pick(durations));
+        c.deadline = std::min(c.deadline, *o.deadline);
+        break;
+      case 2:
+        o.deadline = c.at - 1ms;  // passed already
+        c.deadline = *o.deadline;
+        break;
+      case 3:
+        o.timeout = side_.below(2) ? duration::zero() : -1s;
+        c.bad_options = true;
+        break;
+      default:
+        break;
+    }
+    if (side_.below(2) == 0) {
+      o.priority = static_cast<unsigned>(side_.below(levels + 1));  // one beyond the levels now and then
+      if (*o.priority >= levels) c.bad_options = true;
+    }
+    trace("  options: deadline " + (c.deadline == time_point::max() ? std::string("never") : describe(c.deadline - c.at)) +
+          (o.priority ? ", priority " + std::to_string(*o.priority) : "") + (c.bad_options ? " (invalid)" : ""));
+    return o;
   }
 
   void read_stream(int id, std::shared_ptr<completion_guard> g) {
@@ -582,11 +681,9 @@ class scenario {
     const time_point now = manual_clock::now();
     if (ec == asio::error::operation_aborted) return c.cancelled;
     if (ec == errc::shutting_down) return stopping_;
-    if (ec == errc::invalid_argument) return c.key < 0;
+    if (ec == errc::invalid_argument) return c.key < 0 || c.bad_options;
     if (!k) return false;
-    if (ec == errc::request_timeout) {
-      return now >= deadline_after(c.at, config_.request_timeout) && !c.stream_started;
-    }
+    if (ec == errc::request_timeout) return now >= c.deadline && !c.stream_started;
     if (ec == errc::queue_full) return c.kind == caller_kind::try_submit;
     if (ec == errc::circuit_open) {
       return config_.failure_threshold > 0 &&
@@ -615,7 +712,7 @@ class scenario {
       if (c.kind == caller_kind::stream) {
         require(c.stream_started && c.chunks == 2, who + " ended without its two chunks");
       } else {
-        require(r.value == id + 1, who + " got another request's answer");
+        require(r.value == c.request_id + 1, who + " got another request's answer");
       }
       if (k && c.kind != caller_kind::stream) ++k->values;
       tally_stream(c, k);
@@ -639,13 +736,15 @@ class scenario {
       if (k && c.kind != caller_kind::stream) ++k->others;
     } catch (const handler_failure& failure) {
       completed(id, "the handler's exception");
-      require(c.behaviour == handle_kind::throws && failure.id == id, who + " got a handler exception not its own");
+      require(c.behaviour == handle_kind::throws && failure.id == c.request_id,
+              who + " got a handler exception not its own");
       if (k && c.kind != caller_kind::stream) ++k->others;
     } catch (const boost::system::system_error& error) {
       completed(id, error.code().message());
       require(pool_error_allowed(c, error.code()),
               who + " completed with " + error.code().message() + ", which the model does not allow here");
-      if (k && c.kind != caller_kind::stream) {
+      const bool refused_before_key = !k || (c.bad_options && error.code() == errc::invalid_argument);
+      if (!refused_before_key && c.kind != caller_kind::stream) {
         if (error.code() == errc::request_timeout) {
           ++k->timeouts;
         } else if (error.code() == asio::error::operation_aborted) {
@@ -654,10 +753,11 @@ class scenario {
           ++k->others;
         }
       }
-      if (!k && c.kind != caller_kind::stream) ++pool_refused_;
+      if (refused_before_key && c.kind != caller_kind::stream) ++pool_refused_;
     } catch (int value) {
       completed(id, "the handler's int");
-      require(c.behaviour == handle_kind::throws_non_std && value == id, who + " got a non-std exception not its own");
+      require(c.behaviour == handle_kind::throws_non_std && value == c.request_id,
+              who + " got a non-std exception not its own");
       if (k && c.kind != caller_kind::stream) ++k->others;
     } catch (const std::exception& other) {
       completed(id, other.what());
@@ -670,7 +770,7 @@ class scenario {
   /// before that, in the bucket of the error that ended it.
   void tally_stream(const caller& c, key_model* k, const std::exception_ptr& e = nullptr) {
     if (c.kind != caller_kind::stream) return;
-    if (!k) {
+    if (!k || (c.bad_options && !c.stream_started)) {
       ++pool_refused_;
       return;
     }
@@ -760,6 +860,9 @@ class scenario {
                                                              " and streams started " + std::to_string(streams_started));
       require(s.timed_out == k.timeouts,
               where + "timed_out " + std::to_string(s.timed_out) + ", callers timed out " + std::to_string(k.timeouts));
+      require(s.expired_before_dispatch + s.expired_in_handler == s.timed_out,
+              where + "expired before dispatch " + std::to_string(s.expired_before_dispatch) + " and in the handler " +
+                  std::to_string(s.expired_in_handler) + " do not add up to timed_out");
       require(s.cancelled == k.aborted,
               where + "cancelled " + std::to_string(s.cancelled) + ", callers cancelled " + std::to_string(k.aborted));
       require(s.submitted - (s.completed + s.failed + s.timed_out + s.cancelled) == pending,
@@ -770,6 +873,10 @@ class scenario {
       if (config_.failure_threshold == 0)
         require(s.breaker == breaker_state::closed, where + "a disabled breaker opened");
     }
+    const KeyStats all = stats.total();
+    report_.coalesced = all.coalesced;
+    report_.expired_before_dispatch = all.expired_before_dispatch;
+    report_.expired_in_handler = all.expired_in_handler;
     require(counted_others == others,
             "failed + rejected " + std::to_string(counted_others) + ", callers with errors " + std::to_string(others));
   }
@@ -831,6 +938,9 @@ class scenario {
   }
 
   byte_reader in_;
+  side_stream side_;
+  bool coalescing_ = false;
+  std::vector<int> requests_;  // callers of submit and try_submit, in order
   scenario_report report_;
   std::vector<std::string> trace_;
   std::vector<std::string> violations_;

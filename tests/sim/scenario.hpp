@@ -24,6 +24,10 @@ struct scenario_report {
   std::size_t handlers_run = 0;  // Asio handlers, in every step together
   bool config_rejected = false;  // the decoded config was out of range, and refused as such
   bool context_destroyed = false;
+  // What the scheduling dimensions did, as the pool's last stats counted them.
+  std::uint64_t coalesced = 0;
+  std::uint64_t expired_before_dispatch = 0;
+  std::uint64_t expired_in_handler = 0;
 };
 
 /// Decodes `data` into a PoolConfig and a sequence of operations (submits of

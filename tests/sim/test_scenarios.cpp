@@ -64,6 +64,7 @@ TEST_CASE("scenarios from a fixed seed run clean", "[sim][fuzz]") {
 #endif
   std::mt19937 rng(20261130);
   std::size_t operations = 0, callers = 0, rejected = 0;
+  std::uint64_t coalesced = 0, expired_before_dispatch = 0, expired_in_handler = 0;
   for (int i = 0; i < scenarios; ++i) {
     std::vector<std::uint8_t> input(16 + rng() % 200);
     for (auto& b : input) b = static_cast<std::uint8_t>(rng());
@@ -73,6 +74,9 @@ TEST_CASE("scenarios from a fixed seed run clean", "[sim][fuzz]") {
       operations += report.operations;
       callers += report.callers;
       rejected += report.config_rejected;
+      coalesced += report.coalesced;
+      expired_before_dispatch += report.expired_before_dispatch;
+      expired_in_handler += report.expired_in_handler;
     } catch (const std::exception& e) {
       // Kept for a regression test: copy it to tests/sim/regressions/.
       const std::string kept = "sim-failure-" + std::to_string(i) + ".bin";
@@ -84,4 +88,10 @@ TEST_CASE("scenarios from a fixed seed run clean", "[sim][fuzz]") {
   CHECK(operations > static_cast<std::size_t>(scenarios) * 10);
   CHECK(callers > static_cast<std::size_t>(scenarios) * 5);
   CHECK(rejected > 0);
+  // The scheduling dimensions are exercised, not only decoded.
+  CHECK(coalesced > 0);
+  CHECK(expired_before_dispatch > 0);
+  CHECK(expired_in_handler > 0);
+  WARN("coalesced " << coalesced << ", expired before dispatch " << expired_before_dispatch << ", in the handler "
+                    << expired_in_handler);
 }
