@@ -49,11 +49,14 @@ Percentiles percentiles(std::vector<double> values);
 double cpu_seconds();
 
 // The workloads, one file each in workloads/; main.cpp runs them by name.
+void coalescing();
 void cold_start_wake();
 void core_handoff();
+void deadline_overrun();
 void idle_cpu();
 void idle_wait_cpu();
 void memory();
+void priorities();
 void roundtrip();
 void starvation();
 

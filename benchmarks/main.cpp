@@ -5,8 +5,8 @@
 //
 // Each workload lives in workloads/<name>.cpp, which says what it measures:
 // cold_start_wake, core_handoff, idle_cpu, idle_wait_cpu, memory, roundtrip,
-// starvation. harness.hpp writes the rows; callers.hpp holds what the
-// workloads on Asio and coropool share.
+// starvation; and scheduling.cpp's priorities, coalescing, deadline_overrun. harness.hpp writes the rows; callers.hpp
+// holds what the workloads on Asio and coropool share.
 
 #include "harness.hpp"
 
@@ -23,7 +23,10 @@ int main(int argc, char* argv[]) {
                                                     {"idle_cpu", idle_cpu},
                                                     {"roundtrip", roundtrip},
                                                     {"core_handoff", core_handoff},
-                                                    {"memory", memory}};
+                                                    {"memory", memory},
+                                                    {"priorities", priorities},
+                                                    {"coalescing", coalescing},
+                                                    {"deadline_overrun", deadline_overrun}};
   std::vector<std::string> chosen(argv + 1, argv + argc);
   if (chosen.empty()) {
     for (const auto& [name, run] : workloads) chosen.push_back(name);

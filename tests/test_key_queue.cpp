@@ -7,11 +7,11 @@
 
 #include <catch2/catch.hpp>
 
-#include <numeric>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <numeric>
 #include <thread>
 #include <vector>
 
@@ -453,7 +453,7 @@ TEST_CASE("key queue: a low request under a saturating stream of high ones is ta
     f.submit(make_request(0));
   }
   CHECK(before <= starvation_bound({8, 1}, 1));  // level 0 against level 4 alone: 9
-  CHECK(before >= 1);  // but a higher level still goes first
+  CHECK(before >= 1);                            // but a higher level still goes first
   CHECK(low->completions == 1);
 }
 
@@ -673,9 +673,10 @@ TEST_CASE("key queue: a caller leaving detaches only itself; the last one withdr
   f.queue.fail_all(errc::shutting_down);
 }
 
-TEST_CASE("key queue: a run takes the highest level and the latest deadline of its callers; each caller keeps its "
-          "own deadline",
-          "[key_queue][coalescing]") {
+TEST_CASE(
+    "key queue: a run takes the highest level and the latest deadline of its callers; each caller keeps its "
+    "own deadline",
+    "[key_queue][coalescing]") {
   coalescing_fixture f(key_queue::settings{16, 1h, pool_clock::duration::max(), {8, 4, 2, 1, 1}});
   auto low = make_request(4);
   auto urgent = make_request(0);

@@ -113,3 +113,30 @@ TEST_CASE("the README's operating snippet runs", "[readme][lifecycle]") {
 TEST_CASE("the README's io_context-per-core snippet runs", "[readme][concurrency]") {
   CHECK(readme_snippet_context_per_core::serve_on_every_core(2) == 84);
 }
+
+TEST_CASE("the README's scheduling snippet runs", "[readme]") {
+  asio::io_context ioc;
+  auto pool = readme_snippet_scheduling::make_classifier_pool(ioc);
+  std::vector<std::string> answers;
+  for (int i = 0; i < 2; ++i) {
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+          answers.push_back(co_await readme_snippet_scheduling::classify_urgently(pool, "abc"));
+        },
+        asio::detached);
+  }
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return answers.size() == 2; });
+        co_await pool.async_shutdown(1s, asio::use_awaitable);
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(answers == std::vector<std::string>{"odd", "odd"});
+  const auto k = pool.stats().keys.at("classifier");
+  CHECK(k.coalesced == 1);  // the second asked while the first waited for the cold key: one run
+  CHECK(k.completed == 2);
+  CHECK(k.queued_by_priority.size() == 5);
+}

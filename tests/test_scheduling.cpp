@@ -322,41 +322,40 @@ TEST_CASE("try_submit of a higher level finds room in a full queue; the held-bac
                  co_return request;
                });
   Outcome blocker, low_1, low_2, urgent, refused;
-  asio::co_spawn(
-      ioc,
-      shutdown_after(pool,
-                     [&]() -> asio::awaitable<void> {
-                       co_await pool.wait_for_workers("bert");
-                       asio::co_spawn(ioc, submit_recording(pool, 0, {}, blocker), asio::detached);
-                       co_await pause(5ms);
-                       asio::co_spawn(ioc, submit_recording(pool, 1, priority_of(4), low_1), asio::detached);
-                       asio::co_spawn(ioc, submit_recording(pool, 2, priority_of(4), low_2), asio::detached);
-                       co_await pause(5ms);
-                       {
-                         auto [e, v] = co_await pool.async_try_submit("bert", 9, priority_of(4),
-                                                                      asio::as_tuple(asio::use_awaitable));
-                         refused.error = error_of(e);
-                       }
-                       asio::co_spawn(
-                           ioc,
-                           [&]() -> asio::awaitable<void> {
-                             auto [e, v] = co_await pool.async_try_submit("bert", 3, priority_of(0),
-                                                                          asio::as_tuple(asio::use_awaitable));
-                             urgent.error = error_of(e);
-                             urgent.value = v;
-                             ++urgent.completions;
-                           },
-                           asio::detached);
-                       co_await pause(5ms);
-                       const auto k = pool.stats().keys.at("bert");
-                       CHECK(k.held_back == 1);
-                       CHECK(k.waiting_for_room == 1);
-                       CHECK(k.queued == 2);
-                       gate.open();
-                       const bool done = co_await eventually([&] { return handled.size() == 4; });
-                       CHECK(done);
-                     }),
-      asio::detached);
+  asio::co_spawn(ioc,
+                 shutdown_after(pool,
+                                [&]() -> asio::awaitable<void> {
+                                  co_await pool.wait_for_workers("bert");
+                                  asio::co_spawn(ioc, submit_recording(pool, 0, {}, blocker), asio::detached);
+                                  co_await pause(5ms);
+                                  asio::co_spawn(ioc, submit_recording(pool, 1, priority_of(4), low_1), asio::detached);
+                                  asio::co_spawn(ioc, submit_recording(pool, 2, priority_of(4), low_2), asio::detached);
+                                  co_await pause(5ms);
+                                  {
+                                    auto [e, v] = co_await pool.async_try_submit("bert", 9, priority_of(4),
+                                                                                 asio::as_tuple(asio::use_awaitable));
+                                    refused.error = error_of(e);
+                                  }
+                                  asio::co_spawn(
+                                      ioc,
+                                      [&]() -> asio::awaitable<void> {
+                                        auto [e, v] = co_await pool.async_try_submit(
+                                            "bert", 3, priority_of(0), asio::as_tuple(asio::use_awaitable));
+                                        urgent.error = error_of(e);
+                                        urgent.value = v;
+                                        ++urgent.completions;
+                                      },
+                                      asio::detached);
+                                  co_await pause(5ms);
+                                  const auto k = pool.stats().keys.at("bert");
+                                  CHECK(k.held_back == 1);
+                                  CHECK(k.waiting_for_room == 1);
+                                  CHECK(k.queued == 2);
+                                  gate.open();
+                                  const bool done = co_await eventually([&] { return handled.size() == 4; });
+                                  CHECK(done);
+                                }),
+                 asio::detached);
   REQUIRE(run_until_idle(ioc, 1));
   CHECK(refused.error == errc::queue_full);  // same level as the queue's lowest: nothing to hold back
   CHECK(urgent.error == error_code{});
@@ -478,7 +477,8 @@ TEST_CASE("a coalesced caller cancelling detaches only itself; the last one leav
   error_code a, b, c, d;
   int b_value = 0;
   auto submit_cancellable = [&](int request, asio::cancellation_signal& signal, error_code& out, int* value) {
-    pool.async_submit("bert", request, asio::bind_cancellation_slot(signal.slot(), [&out, value](std::exception_ptr e, int v) {
+    pool.async_submit("bert", request,
+                      asio::bind_cancellation_slot(signal.slot(), [&out, value](std::exception_ptr e, int v) {
                         out = error_of(e);
                         if (value) *value = v;
                       }));
@@ -558,9 +558,10 @@ TEST_CASE("an exception reaches every coalesced caller and is not remembered", "
   CHECK(k.completed == 1);
 }
 
-TEST_CASE("distinct identities are never merged, many sharing a hash bucket; a throwing coalesce_key fails only its "
-          "caller; nullopt never coalesces",
-          "[scheduling][coalescing]") {
+TEST_CASE(
+    "distinct identities are never merged, many sharing a hash bucket; a throwing coalesce_key fails only its "
+    "caller; nullopt never coalesces",
+    "[scheduling][coalescing]") {
   asio::io_context ioc;
   Gate gate(ioc.get_executor());
   std::vector<int> handled;

@@ -43,7 +43,6 @@ struct HandleLog {
   void leave() { in_flight.fetch_sub(1); }
 };
 
-
 }  // namespace
 
 TEST_CASE("submit returns the handler's answer, for every completion token", "[submit]") {
@@ -199,9 +198,10 @@ TEST_CASE("a full queue holds callers back, and try_submit fails with queue_full
   CHECK(log.seen.size() == submitted);
 }
 
-TEST_CASE("a request not answered within request_timeout fails at its deadline, its handler is cancelled then, and "
-          "the late answer is discarded",
-          "[submit]") {
+TEST_CASE(
+    "a request not answered within request_timeout fails at its deadline, its handler is cancelled then, and "
+    "the late answer is discarded",
+    "[submit]") {
   asio::io_context ioc;
   PoolConfig config = TestConfig().workers(2, 2);
   config.request_timeout = 30ms;

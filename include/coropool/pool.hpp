@@ -159,8 +159,8 @@ class Pool {
                                                                                    Options options, Load load,
                                                                                    Handle handle,
                                                                                    StreamHandle stream_handle = {})
-      : Pool(context.get_executor(), std::move(options), std::move(load), std::move(handle),
-             std::move(stream_handle)) {}
+      : Pool(context.get_executor(), std::move(options), std::move(load), std::move(handle), std::move(stream_handle)) {
+  }
 
   /// Constructs a pool on an execution context's executor (an `io_context`, a `thread_pool`).
   ///
@@ -310,9 +310,8 @@ class Pool {
   /// });
   /// @endcode
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
-  requires(!std::is_same_v<std::decay_t<CompletionToken>, SubmitOptions>)
-  auto async_submit(std::string key, Request request,
-                    CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
+  requires(!std::is_same_v<std::decay_t<CompletionToken>, SubmitOptions>) auto async_submit(
+      std::string key, Request request, CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
     return async_submit(std::move(key), std::move(request), SubmitOptions{}, std::forward<CompletionToken>(token));
   }
 
@@ -372,11 +371,9 @@ class Pool {
   /// @par Thread Safety
   /// Any thread.
   template <class CompletionToken = asio::default_completion_token_t<executor_type>>
-  requires(!std::is_same_v<std::decay_t<CompletionToken>, SubmitOptions>)
-  auto async_try_submit(std::string key, Request request,
-                        CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
-    return async_try_submit(std::move(key), std::move(request), SubmitOptions{},
-                            std::forward<CompletionToken>(token));
+  requires(!std::is_same_v<std::decay_t<CompletionToken>, SubmitOptions>) auto async_try_submit(
+      std::string key, Request request, CompletionToken&& token = asio::default_completion_token_t<executor_type>()) {
+    return async_try_submit(std::move(key), std::move(request), SubmitOptions{}, std::forward<CompletionToken>(token));
   }
 
   /// async_try_submit() with the request's own deadline and priority (see

@@ -120,7 +120,7 @@ struct KeyStats {
   /// workers_in()). A worker leaves the count when its coroutine ends, before
   /// it is marked failed or dead: those two entries read 0.
   std::array<std::size_t, worker_state_count> workers{};
-  std::size_t queued = 0;            ///< Requests in the queue, waiting for a worker.
+  std::size_t queued = 0;  ///< Requests in the queue, waiting for a worker.
   /// `queued` by priority level (index 0 the highest), one entry per level.
   std::vector<std::size_t> queued_by_priority;
   std::size_t waiting_for_room = 0;  ///< Callers held back by a full queue.

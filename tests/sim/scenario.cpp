@@ -153,7 +153,7 @@ struct caller {
   time_point at;
   time_point deadline = time_point::max();  // its own (SubmitOptions), as the pool computes it
   bool bad_options = false;                 // a timeout not positive, or a priority beyond the levels
-  duration timeout{};  // a wait's
+  duration timeout{};                       // a wait's
   bool cancelled = false;
   int completions = 0;
   bool abandoned = false;
@@ -364,7 +364,8 @@ class scenario {
     Request request{id, behaviour};
     if (coalescing_ && kind != caller_kind::stream && !requests_.empty() && side_.below(3) != 0) {
       // Repeat one of the latest requests, so that identical requests meet while one still waits.
-      const auto& earlier = callers_[requests_[requests_.size() - 1 - side_.below(std::min<std::size_t>(requests_.size(), 3))]];
+      const auto& earlier =
+          callers_[requests_[requests_.size() - 1 - side_.below(std::min<std::size_t>(requests_.size(), 3))]];
       request = Request{earlier.request_id, earlier.behaviour};
       c.behaviour = earlier.behaviour;
       trace("  repeats #" + std::to_string(earlier.request_id) + "'s request (" + name(earlier.behaviour) + ")");
@@ -418,7 +419,8 @@ class scenario {
       o.priority = static_cast<unsigned>(side_.below(levels + 1));  // one beyond the levels now and then
       if (*o.priority >= levels) c.bad_options = true;
     }
-    trace("  options: deadline " + (c.deadline == time_point::max() ? std::string("never") : describe(c.deadline - c.at)) +
+    trace("  options: deadline " +
+          (c.deadline == time_point::max() ? std::string("never") : describe(c.deadline - c.at)) +
           (o.priority ? ", priority " + std::to_string(*o.priority) : "") + (c.bad_options ? " (invalid)" : ""));
     return o;
   }

@@ -52,12 +52,12 @@
 // one in flight is told by its coroutine's cancellation (interrupt_handler),
 // while its caller is completed at once and the late answer discarded.
 
+#include "coropool/config.hpp"
 #include "coropool/detail/asio.hpp"
 #include "coropool/detail/breaker.hpp"
 #include "coropool/detail/completion.hpp"
 #include "coropool/detail/request.hpp"
 #include "coropool/detail/spin_mutex.hpp"
-#include "coropool/config.hpp"
 #include "coropool/detail/worker_record.hpp"
 #include "coropool/error.hpp"
 #include "coropool/stats.hpp"
@@ -83,10 +83,10 @@ class key_queue {
   using worker_ptr = std::shared_ptr<worker_record>;
 
   struct settings {
-    std::size_t capacity;                                                 // PoolConfig::queue_capacity
-    clock::duration request_timeout;                                      // PoolConfig::request_timeout
-    clock::duration max_request_timeout = clock::duration::max();        // PoolConfig::max_request_timeout
-    std::vector<unsigned> priority_weights = std::vector<unsigned>{1};   // PoolConfig::priority_weights
+    std::size_t capacity;                                               // PoolConfig::queue_capacity
+    clock::duration request_timeout;                                    // PoolConfig::request_timeout
+    clock::duration max_request_timeout = clock::duration::max();       // PoolConfig::max_request_timeout
+    std::vector<unsigned> priority_weights = std::vector<unsigned>{1};  // PoolConfig::priority_weights
   };
 
   /// `owner` is kept alive by the armed deadline timer (the pool's core, which
@@ -505,8 +505,8 @@ class key_queue {
 
   /// The deadline `options` give a request accepted at `now` (see SubmitOptions).
   clock::time_point deadline_of_locked(const SubmitOptions& options, clock::time_point now) const {
-    auto deadline = deadline_after(now, std::min(options.timeout.value_or(limits_.request_timeout),
-                                                 limits_.max_request_timeout));
+    auto deadline =
+        deadline_after(now, std::min(options.timeout.value_or(limits_.request_timeout), limits_.max_request_timeout));
     if (options.deadline) deadline = std::min(deadline, *options.deadline);
     return deadline;
   }
@@ -811,9 +811,9 @@ class key_queue {
 
   mutable spin_mutex mutex_;
   // Everything below: under mutex_.
-  std::vector<level> levels_;  // by priority, 0 the highest
-  std::size_t queued_ = 0;        // over every level: what queue_capacity bounds
-  std::size_t waiting_room_ = 0;  // over every level
+  std::vector<level> levels_;       // by priority, 0 the highest
+  std::size_t queued_ = 0;          // over every level: what queue_capacity bounds
+  std::size_t waiting_room_ = 0;    // over every level
   std::uint64_t virtual_time_ = 0;  // the pass of the last request taken
   deadline_set outstanding_;
   // The runs of coalesced requests that wait or are being handled, by

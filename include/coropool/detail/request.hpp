@@ -51,10 +51,10 @@ class request_base {
 
   // Guarded by its key queue's lock.
   phase state = phase::waiting_room;
-  std::uint8_t priority = 0;      // its level: 0 is the highest
-  clock::time_point accepted;     // when the key took it: its latency counts from here
-  clock::time_point deadline;     // time_point::max(): never
-  hook queue_hook;                // in its level's queue, or among its level's callers waiting for room
+  std::uint8_t priority = 0;         // its level: 0 is the highest
+  clock::time_point accepted;        // when the key took it: its latency counts from here
+  clock::time_point deadline;        // time_point::max(): never
+  hook queue_hook;                   // in its level's queue, or among its level's callers waiting for room
   deadline_hook_type deadline_hook;  // among the key's outstanding requests, by deadline
   worker_record* worker = nullptr;   // the worker it was handed to (in_flight)
 

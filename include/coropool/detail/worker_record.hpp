@@ -48,11 +48,11 @@ struct worker_record : std::enable_shared_from_this<worker_record> {
 
   /// The worker's own strand.
   struct own_fields {
-    asio::cancellation_signal stop_signal;  // emitted there, where the coroutine runs
-    bool finished = false;                  // its coroutine has ended
-    clock::time_point last_progress;        // when it last loaded, or answered or started a request
+    asio::cancellation_signal stop_signal;   // emitted there, where the coroutine runs
+    bool finished = false;                   // its coroutine has ended
+    clock::time_point last_progress;         // when it last loaded, or answered or started a request
     const request_base* handling = nullptr;  // the request whose handler it is running
-    bool interrupted = false;               // stop_signal was emitted for that request's deadline
+    bool interrupted = false;                // stop_signal was emitted for that request's deadline
   } own;
 
   /// The pool's strand.

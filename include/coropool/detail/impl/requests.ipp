@@ -32,7 +32,8 @@ COROPOOL_DECL bool pool_core::claim_answer(request_base& r, worker_record& w) {
 }
 
 COROPOOL_DECL request_ptr pool_core::claim_answer_and_take(request_base& r, worker_record& w, bool& answer,
-                                                           std::vector<request_ptr>& callers, bool error, bool failure) {
+                                                           std::vector<request_ptr>& callers, bool error,
+                                                           bool failure) {
   // Outside the lock, which every submit of the key contends for: the clock
   // read, and the latency (`accepted` is fixed once the request is queued).
   const auto now = clock::now();
