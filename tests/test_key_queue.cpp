@@ -12,6 +12,7 @@
 #include <chrono>
 #include <memory>
 #include <numeric>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -733,4 +734,35 @@ TEST_CASE("key queue: a lost worker fails every caller of its run once", "[key_q
   CHECK(f.stats().failed == 2);
   CHECK_FALSE(f.submit_as(make_request(), "x"));  // the run ended with its callers
   f.queue.fail_all(errc::shutting_down);
+}
+
+TEST_CASE("deadline index: the earliest deadline always, in order or not, through random inserts and erases",
+          "[key_queue][deadline]") {
+  detail::deadline_index index;
+  std::minstd_rand rng(12);
+  std::vector<probe_ptr> in;  // what the index holds, each with a reference of its own
+  const auto base = pool_clock::now();
+  for (int step = 0; step < 20000; ++step) {
+    if (in.empty() || rng() % 3 != 0) {
+      auto r = make_request();
+      // Mostly in order (the pool's request_timeout), now and then earlier (a request's own).
+      r->deadline = base + std::chrono::microseconds(rng() % 4 == 0 ? rng() % 10000 : step * 10);
+      index.insert(*r);
+      in.push_back(r);
+    } else {
+      const std::size_t victim = rng() % in.size();
+      index.erase(*in[victim]);
+      in.erase(in.begin() + static_cast<std::ptrdiff_t>(victim));
+    }
+    REQUIRE(index.empty() == in.empty());
+    if (!in.empty()) {
+      const auto earliest = std::min_element(
+          in.begin(), in.end(), [](const probe_ptr& a, const probe_ptr& b) { return a->deadline < b->deadline; });
+      REQUIRE(index.earliest()->deadline == (*earliest)->deadline);
+    }
+  }
+  std::size_t disposed = 0;
+  index.clear_and_dispose([&](request_base*) { ++disposed; });
+  CHECK(disposed == in.size());
+  CHECK(index.empty());
 }

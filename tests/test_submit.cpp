@@ -526,7 +526,11 @@ constexpr int stress_requests = 1'000'000;
 /// How each request of the stress test is meant to go, by its number.
 enum class plan { answer, throws, cancelled, slow, blocks };
 
+/// Requests from here on are the shared questions of coalesced callers: plain answers.
+constexpr int coalesce_base = 100'000'000;
+
 plan plan_of(int request, bool with_deaths) {
+  if (request >= coalesce_base) return plan::answer;
   if (request % 20 == 0) return plan::throws;                   // 5 %
   if (request % 20 == 1) return plan::cancelled;                // 5 %
   if (request % 4000 == 2) return plan::slow;                   // outlives its request_timeout
@@ -564,6 +568,9 @@ struct StressOptions {
   std::size_t capacity = 100;
   bool deaths = false;              // some handlers block their thread past health_timeout
   bool shutdown_at_random = false;  // async_shutdown while the clients still submit
+  // Every request at a random priority level; 10 % with a deadline of their
+  // own of up to 2 ms; 10 % asking one of 32 shared questions, coalesced.
+  bool scheduling = true;
 
   int slow_count() const { return (requests - 2 + 3999) / 4000; }  // plan_of: request % 4000 == 2
 };
@@ -580,18 +587,25 @@ asio::awaitable<void> stress_client(IntPool& pool, Outcomes& out, const StressOp
   for (int i = first; i < options.requests; i += options.clients) {
     const std::size_t key = rng() % stress_keys;
     const plan p = plan_of(i, options.deaths);
+    int request = i;
+    SubmitOptions so;
+    if (options.scheduling) {
+      so.priority = static_cast<unsigned>(rng() % 5);
+      if (p == plan::answer && i % 10 == 4) so.timeout = std::chrono::microseconds(1 + rng() % 2000);
+      if (p == plan::answer && i % 10 == 7) request = coalesce_base + i % 32;
+    }
     std::exception_ptr error;
     int value = 0;
     if (p == plan::cancelled) {
       timer.expires_after(std::chrono::microseconds(rng() % 200));
       auto [order, e, v, timer_ec] =
-          co_await asio::experimental::make_parallel_group(pool.async_submit(keys[key], i, asio::deferred),
+          co_await asio::experimental::make_parallel_group(pool.async_submit(keys[key], request, so, asio::deferred),
                                                            timer.async_wait(asio::deferred))
               .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
       error = e;
       value = v;
     } else {
-      std::tie(error, value) = co_await pool.async_submit(keys[key], i, asio::as_tuple(asio::use_awaitable));
+      std::tie(error, value) = co_await pool.async_submit(keys[key], request, so, asio::as_tuple(asio::use_awaitable));
     }
     out.completions[static_cast<std::size_t>(i)].fetch_add(1);
     KeyOutcomes& k = out.by_key[key];
@@ -611,7 +625,7 @@ asio::awaitable<void> stress_client(IntPool& pool, Outcomes& out, const StressOp
       }
     }
     if (!error) {
-      if (value == i + 1 && p != plan::throws && p != plan::slow) {
+      if (value == request + 1 && p != plan::throws && p != plan::slow) {
         k.answered.fetch_add(1);
       } else {
         out.wrong.fetch_add(1);
@@ -667,7 +681,13 @@ void run_stress(const Executor& ex, Run run, const StressOptions& options) {
   auto script = std::make_shared<LoadScript>();
   script->delay = 1ms;
   std::atomic<int> handled{0};
-  IntPool pool(ex, config, scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
+  IntPool::Options pool_options(config);
+  if (options.scheduling) {
+    pool_options.coalesce_key = [](const int& request) {
+      return request >= coalesce_base ? std::optional<std::string>(std::to_string(request)) : std::nullopt;
+    };
+  }
+  IntPool pool(ex, std::move(pool_options), scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
     handled.fetch_add(1, std::memory_order_relaxed);
     switch (plan_of(request, options.deaths)) {
       case plan::throws:
@@ -754,6 +774,7 @@ void run_stress(const Executor& ex, Run run, const StressOptions& options) {
     }
     const KeyStats& ks = it->second;
     CHECK(ks.completed == k.answered);
+    CHECK(ks.expired_before_dispatch + ks.expired_in_handler == ks.timed_out);
     CHECK(ks.timed_out == k.timed_out);
     CHECK(ks.cancelled == k.cancelled);
     CHECK(ks.completed + ks.failed + ks.timed_out + ks.cancelled == ks.submitted);
@@ -770,6 +791,7 @@ void run_stress(const Executor& ex, Run run, const StressOptions& options) {
     // Every slow one at least, where no worker dies (with deaths, each slow one's ending is checked above).
     if (!options.deaths) CHECK(timed_out >= static_cast<std::uint64_t>(options.slow_count()));
     CHECK(answered > static_cast<std::uint64_t>(options.requests / 2));
+    if (options.scheduling) CHECK(stats.total().coalesced > 0);
   }
 }
 

@@ -37,10 +37,10 @@
 // cancellation after the answer) finds `done` and does nothing.
 //
 // Deadlines. One timer per key, at the earliest deadline of its outstanding
-// requests (`outstanding_` is ordered by deadline). Requests with the
-// pool's request_timeout arrive in deadline order: they are inserted at the
-// end, in constant time, and never move the timer; a request with a shorter
-// deadline re-arms it. It is left armed when requests finish early: it then
+// requests (`outstanding_`, a deadline_index). Requests with the pool's
+// request_timeout arrive in deadline order: they are inserted at the end of
+// its list, in constant time, and never move the timer; a request with a
+// shorter deadline goes to its heap and re-arms the timer. It is left armed when requests finish early: it then
 // fires once, finds nothing due, and is not re-armed (or the pool disarms it
 // when the key has no worker left). Armed whenever a request is outstanding,
 // it also keeps the pool's execution context running for the callers that
@@ -56,6 +56,7 @@
 #include "coropool/detail/asio.hpp"
 #include "coropool/detail/breaker.hpp"
 #include "coropool/detail/completion.hpp"
+#include "coropool/detail/deadline_index.hpp"
 #include "coropool/detail/request.hpp"
 #include "coropool/detail/spin_mutex.hpp"
 #include "coropool/detail/worker_record.hpp"
@@ -65,6 +66,7 @@
 #include <spdlog/logger.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -312,8 +314,8 @@ class key_queue {
     {
       std::lock_guard lock(mutex_);
       timer_armed_ = false;
-      while (!outstanding_.empty() && outstanding_.begin()->deadline <= now) {
-        request_base& r = *outstanding_.begin();
+      while (!outstanding_.empty() && outstanding_.earliest()->deadline <= now) {
+        request_base& r = *outstanding_.earliest();
         expired.emplace_back(&r);
         if (r.state == request_base::phase::in_flight) {
           ++counters_.expired_in_handler;
@@ -330,7 +332,7 @@ class key_queue {
         claim_locked(r);
       }
       counters_.timed_out += expired.size();
-      if (!outstanding_.empty()) arm_timer_locked(outstanding_.begin()->deadline);
+      if (!outstanding_.empty()) arm_timer_locked(outstanding_.earliest()->deadline);
     }
     if (!expired.empty() && log_) log_->debug("coropool: {} request(s) of key '{}' timed out", expired.size(), name_);
     for (auto& r : expired) r->fail(errc::request_timeout, nullptr);
@@ -570,7 +572,7 @@ class key_queue {
     ++counters_.submitted;
     r.accepted = now;
     r.deadline = deadline;
-    outstanding_.insert(outstanding_.end(), r);
+    outstanding_.insert(r);
     intrusive_ptr_add_ref(&r);
     if (!timer_armed_ || deadline < armed_at_) arm_timer_locked(deadline);
   }
@@ -580,9 +582,7 @@ class key_queue {
   void raise_priority_locked(request_base& run, std::uint8_t priority) {
     using phase = request_base::phase;
     if (run.state == phase::queued) {
-      auto& from = levels_[run.priority].queued;
-      from.erase(from.iterator_to(run));
-      --queued_;
+      unqueue_locked(run);
       run.priority = priority;
       push_queued_locked(run);
     } else if (run.state == phase::waiting_room) {
@@ -602,9 +602,7 @@ class key_queue {
     using phase = request_base::phase;
     if (run.probe) breaker_.release_probe(std::exchange(run.probe, 0));
     if (run.state == phase::queued) {
-      auto& list = levels_[run.priority].queued;
-      list.erase(list.iterator_to(run));
-      --queued_;
+      unqueue_locked(run);
       promote_room_waiter_locked();
     } else if (run.state == phase::waiting_room) {
       auto& list = levels_[run.priority].waiting_room;
@@ -624,7 +622,7 @@ class key_queue {
       request_base& c = attached.front();
       attached.pop_front();
       c.state = request_base::phase::done;
-      outstanding_.erase(outstanding_.iterator_to(c));
+      outstanding_.erase(c);
       callers.emplace_back(&c, false);  // takes over outstanding_'s reference
       ++counter;
     }
@@ -642,10 +640,21 @@ class key_queue {
 
   void push_queued_locked(request_base& r) {
     level& l = levels_[r.priority];
-    if (l.queued.empty()) l.pass = std::max(l.pass, virtual_time_ + l.stride);  // rejoins where the others are
+    if (l.queued.empty()) {
+      l.pass = std::max(l.pass, virtual_time_ + l.stride);  // rejoins where the others are
+      nonempty_levels_ |= 1u << r.priority;
+    }
     r.state = request_base::phase::queued;
     l.queued.push_back(r);
     ++queued_;
+  }
+
+  /// Takes `r` out of its level's queue.
+  void unqueue_locked(request_base& r) {
+    level& l = levels_[r.priority];
+    l.queued.erase(l.queued.iterator_to(r));
+    --queued_;
+    if (l.queued.empty()) nonempty_levels_ &= ~(1u << r.priority);
   }
 
   /// The queue is full and a request of level `priority` arrives: holds back
@@ -657,8 +666,7 @@ class key_queue {
       level& l = levels_[q];
       if (l.queued.empty()) continue;
       request_base& held = l.queued.back();
-      l.queued.pop_back();
-      --queued_;
+      unqueue_locked(held);
       held.state = request_base::phase::waiting_room;
       l.waiting_room.push_front(held);
       ++waiting_room_;
@@ -670,9 +678,13 @@ class key_queue {
 
   /// The level a worker takes from next: the non-empty one with the smallest pass.
   level& next_level_locked() {
-    level* next = nullptr;
-    for (auto& l : levels_) {
-      if (!l.queued.empty() && (!next || l.pass < next->pass)) next = &l;
+    std::uint32_t rest = nonempty_levels_;
+    level* next = &levels_[static_cast<std::size_t>(std::countr_zero(rest))];
+    rest &= rest - 1;
+    while (rest) {  // more than one level waits: the smallest pass, the higher level on a tie
+      level& l = levels_[static_cast<std::size_t>(std::countr_zero(rest))];
+      if (l.pass < next->pass) next = &l;
+      rest &= rest - 1;
     }
     return *next;
   }
@@ -696,8 +708,7 @@ class key_queue {
         counters_.expired_before_dispatch += expired.size() - before;
         continue;
       }
-      l.queued.pop_front();
-      --queued_;
+      unqueue_locked(r);
       virtual_time_ = l.pass;
       l.pass += l.stride;
       hand_locked(r, w, now);
@@ -759,9 +770,7 @@ class key_queue {
     using phase = request_base::phase;
     if (r.probe) breaker_.release_probe(std::exchange(r.probe, 0));  // ended without an outcome
     if (r.state == phase::queued) {
-      auto& list = levels_[r.priority].queued;
-      list.erase(list.iterator_to(r));
-      --queued_;
+      unqueue_locked(r);
       promote_room_waiter_locked();
     } else if (r.state == phase::waiting_room) {
       auto& list = levels_[r.priority].waiting_room;
@@ -773,15 +782,15 @@ class key_queue {
       if (run.coalesced->callers.empty()) end_run_locked(run);  // the last caller has left
     }
     r.state = phase::done;
-    outstanding_.erase(outstanding_.iterator_to(r));
+    outstanding_.erase(r);
     intrusive_ptr_release(&r);
   }
 
   /// Claims every outstanding request due by `due` (max(): all of them).
   std::vector<request_ptr> claim_due_locked(clock::time_point due) {
     std::vector<request_ptr> claimed;
-    while (!outstanding_.empty() && outstanding_.begin()->deadline <= due) {
-      claimed.emplace_back(&*outstanding_.begin());
+    while (!outstanding_.empty() && outstanding_.earliest()->deadline <= due) {
+      claimed.emplace_back(outstanding_.earliest());
       claim_locked(*claimed.back());
     }
     return claimed;
@@ -811,20 +820,20 @@ class key_queue {
 
   mutable spin_mutex mutex_;
   // Everything below: under mutex_.
-  std::vector<level> levels_;       // by priority, 0 the highest
-  std::size_t queued_ = 0;          // over every level: what queue_capacity bounds
-  std::size_t waiting_room_ = 0;    // over every level
+  std::size_t queued_ = 0;             // over every level: what queue_capacity bounds
+  std::size_t waiting_room_ = 0;       // over every level
+  std::uint32_t nonempty_levels_ = 0;  // bit i: level i has requests queued
+  bool closed_ = false;
+  bool draining_ = false;
+  bool timer_armed_ = false;
+  clock::time_point armed_at_;
   std::uint64_t virtual_time_ = 0;  // the pass of the last request taken
-  deadline_set outstanding_;
-  // The runs of coalesced requests that wait or are being handled, by
-  // identity; each holds a reference, and has at least one caller.
-  std::unordered_map<std::string, request_base*> runs_;
   // Parked workers, oldest first. Plain pointers: a parked worker's suspended
   // coroutine owns its record, and the request path pays no reference count;
   // the strand's rare uses get the owner from shared_from_this().
   std::vector<worker_record*> idle_;
-  bool closed_ = false;
-  bool draining_ = false;
+  std::vector<level> levels_;  // by priority, 0 the highest
+  deadline_index outstanding_;
   circuit_breaker breaker_;
   struct {
     std::uint64_t submitted = 0, completed = 0, failed = 0, timed_out = 0, cancelled = 0, rejected = 0;
@@ -832,9 +841,10 @@ class key_queue {
   } counters_;  // see KeyStats
   LatencyHistogram latency_;
   LatencyHistogram queue_time_;
+  // The runs of coalesced requests that wait or are being handled, by
+  // identity; each holds a reference, and has at least one caller.
+  std::unordered_map<std::string, request_base*> runs_;
   timer_type timer_;  // at the earliest deadline of the outstanding requests
-  bool timer_armed_ = false;
-  clock::time_point armed_at_;
 };
 
 }  // namespace coropool::detail

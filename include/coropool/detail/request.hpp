@@ -5,7 +5,6 @@
 #include "coropool/error.hpp"
 
 #include <boost/intrusive/list.hpp>
-#include <boost/intrusive/set.hpp>
 #include <boost/smart_ptr/intrusive_ptr.hpp>
 
 #include <atomic>
@@ -34,8 +33,6 @@ class request_base {
   enum class phase : std::uint8_t { waiting_room, queued, in_flight, attached, done };
 
   using hook = boost::intrusive::list_member_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>>;
-  using deadline_hook_type = boost::intrusive::set_member_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>,
-                                                               boost::intrusive::optimize_size<true>>;
 
   request_base() = default;
   request_base(const request_base&) = delete;
@@ -51,12 +48,13 @@ class request_base {
 
   // Guarded by its key queue's lock.
   phase state = phase::waiting_room;
-  std::uint8_t priority = 0;         // its level: 0 is the highest
-  clock::time_point accepted;        // when the key took it: its latency counts from here
-  clock::time_point deadline;        // time_point::max(): never
-  hook queue_hook;                   // in its level's queue, or among its level's callers waiting for room
-  deadline_hook_type deadline_hook;  // among the key's outstanding requests, by deadline
-  worker_record* worker = nullptr;   // the worker it was handed to (in_flight)
+  std::uint8_t priority = 0;        // its level: 0 is the highest
+  std::uint32_t deadline_slot = 0;  // see deadline_index: in its heap at slot - 1, or 0: in its list
+  clock::time_point accepted;       // when the key took it: its latency counts from here
+  clock::time_point deadline;       // time_point::max(): never
+  hook queue_hook;                  // in its level's queue, or among its level's callers waiting for room
+  hook deadline_hook;               // in deadline_index's list of the key's outstanding requests
+  worker_record* worker = nullptr;  // the worker it was handed to (in_flight)
 
   // Coalescing (PoolConfig's coalesce_key). Identical requests share one
   // *run*: a request_entry of its own that holds the Request, is queued and
@@ -102,17 +100,9 @@ using request_list =
     boost::intrusive::list<request_base,
                            boost::intrusive::member_hook<request_base, request_base::hook, &request_base::queue_hook>,
                            boost::intrusive::constant_time_size<true>>;
-struct by_deadline {
-  bool operator()(const request_base& a, const request_base& b) const noexcept { return a.deadline < b.deadline; }
-};
-
-/// A key's outstanding requests, earliest deadline first. Requests with the
-/// same timeout arrive in deadline order and are inserted at the end in
-/// amortized constant time; a shorter one finds its place in O(log n).
-using deadline_set = boost::intrusive::multiset<
-    request_base,
-    boost::intrusive::member_hook<request_base, request_base::deadline_hook_type, &request_base::deadline_hook>,
-    boost::intrusive::compare<by_deadline>, boost::intrusive::constant_time_size<false>>;
+using deadline_list = boost::intrusive::list<
+    request_base, boost::intrusive::member_hook<request_base, request_base::hook, &request_base::deadline_hook>,
+    boost::intrusive::constant_time_size<false>>;
 
 /// A run's own: what its callers share (see request_base, "Coalescing").
 struct request_base::run_info {
