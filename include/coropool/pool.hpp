@@ -75,6 +75,8 @@ class Pool {
   struct Options : PoolConfig {
     Options() = default;
     /// Every PoolConfig field as given; coalescing off.
+    ///
+    /// @param config The pool's configuration.
     Options(PoolConfig config) : PoolConfig(std::move(config)) {}  // NOLINT(google-explicit-constructor)
 
     /// Coalescing, off when empty (the default). Returns a request's
