@@ -573,7 +573,6 @@ TEST_CASE(
                });
   constexpr int distinct = 300;  // far more identities than the map's first buckets
   std::vector<Outcome> outcomes(distinct), unnamed(2);
-  error_code beast;
   std::string beast_what;
   asio::co_spawn(ioc,
                  shutdown_after(pool,
