@@ -718,11 +718,17 @@ class key_queue {
     return nullptr;
   }
 
-  /// Completes, after the lock, the requests take_locked() found expired.
+  /// Completes, after the lock, the requests take_locked() found expired:
+  /// posted to the key's timer executor, as expire() completes them, not
+  /// inline on the worker's path, where an exception out of a caller's
+  /// completion (a Response whose default constructor throws) would escape
+  /// between the worker's claim of its answer and the answer's delivery.
   void fail_expired(std::vector<request_ptr>& expired) {
     if (expired.empty()) return;
     if (log_) log_->debug("coropool: {} request(s) of key '{}' timed out in the queue", expired.size(), name_);
-    for (auto& r : expired) r->fail(errc::request_timeout, nullptr);
+    asio::post(timer_.get_executor(), task([owner = owner_.lock(), expired = std::move(expired)] {
+                 for (auto& r : expired) r->fail(errc::request_timeout, nullptr);
+               }));
   }
 
   /// Tells the handler still running `r`, past its deadline, that its caller
