@@ -719,6 +719,28 @@ TEST_CASE("key queue: a run whose every caller is past its deadline is never han
   CHECK(f.queue.queued() == 0);
 }
 
+TEST_CASE(
+    "key queue: a run whose later caller left is not handed to a worker once the rest are past their "
+    "deadlines",
+    "[key_queue][coalescing]") {
+  coalescing_fixture f;
+  auto patient = make_request();
+  auto hurried = make_request();
+  SubmitOptions soon;
+  soon.timeout = 1ms;
+  f.submit_as(patient, "x");  // the run's latest deadline: 1 h
+  f.submit_as(hurried, "x", soon);
+  REQUIRE(f.queue.cancel(*patient));  // the 1 h caller leaves; the run's recorded latest deadline does not move
+  patient->fail(asio::error::operation_aborted, nullptr);
+  std::this_thread::sleep_for(5ms);
+  auto w = f.worker();
+  CHECK(f.queue.take(*w) == nullptr);
+  f.ioc.poll();
+  CHECK(hurried->completions == 1);
+  CHECK(hurried->outcome == errc::request_timeout);
+  CHECK(f.queue.queued() == 0);
+}
+
 TEST_CASE("key queue: a lost worker fails every caller of its run once", "[key_queue][coalescing]") {
   coalescing_fixture f;
   auto a = make_request();

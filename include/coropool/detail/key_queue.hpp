@@ -40,12 +40,13 @@
 // requests (`outstanding_`, a deadline_index). Requests with the pool's
 // request_timeout arrive in deadline order: they are inserted at the end of
 // its list, in constant time, and never move the timer; a request with a
-// shorter deadline goes to its heap and re-arms the timer. It is left armed when requests finish early: it then
-// fires once, finds nothing due, and is not re-armed (or the pool disarms it
-// when the key has no worker left). Armed whenever a request is outstanding,
-// it also keeps the pool's execution context running for the callers that
-// run there (see request_work); that is why requests that never time out arm
-// it at max(), where it never fires.
+// shorter deadline goes to its heap and re-arms the timer. It is left armed
+// when requests finish early: it then fires once, finds nothing due, and is
+// not re-armed (or the pool disarms it when the key has no worker left).
+// Armed whenever a request is outstanding, it also keeps the pool's
+// execution context running for the callers that run there (see
+// request_work); that is why requests that never time out arm it at max(),
+// where it never fires.
 //
 // A deadline ends its request wherever it is: a queued one is never handed
 // to a worker (take checks, should the timer be late), and the handler of
@@ -599,17 +600,9 @@ class key_queue {
   /// queue (if it waits there) and the map, and is done. One being handled
   /// stays in its worker's hands, and its answer goes nowhere.
   void end_run_locked(request_base& run) {
-    using phase = request_base::phase;
     if (run.probe) breaker_.release_probe(std::exchange(run.probe, 0));
-    if (run.state == phase::queued) {
-      unqueue_locked(run);
-      promote_room_waiter_locked();
-    } else if (run.state == phase::waiting_room) {
-      auto& list = levels_[run.priority].waiting_room;
-      list.erase(list.iterator_to(run));
-      --waiting_room_;
-    }
-    run.state = phase::done;
+    withdraw_locked(run);
+    run.state = request_base::phase::done;
     runs_.erase(run.coalesced->identity);
     intrusive_ptr_release(&run);  // the map's: the worker or the caller at hand holds another
   }
@@ -657,6 +650,20 @@ class key_queue {
     if (l.queued.empty()) nonempty_levels_ &= ~(1u << r.priority);
   }
 
+  /// Takes `r` (a request or a run) out of the queue or the room waiters,
+  /// whichever it waits in; a place freed in the queue goes to a room waiter.
+  void withdraw_locked(request_base& r) {
+    using phase = request_base::phase;
+    if (r.state == phase::queued) {
+      unqueue_locked(r);
+      promote_room_waiter_locked();
+    } else if (r.state == phase::waiting_room) {
+      auto& list = levels_[r.priority].waiting_room;
+      list.erase(list.iterator_to(r));
+      --waiting_room_;
+    }
+  }
+
   /// The queue is full and a request of level `priority` arrives: holds back
   /// the newest queued request of the lowest level below it, if any, which
   /// then waits for room first among its level's. Admission is not revoked:
@@ -696,16 +703,11 @@ class key_queue {
     while (queued_ > 0) {
       level& l = next_level_locked();
       request_base& r = l.queued.front();
-      if (r.deadline <= now) {  // the timer has not run yet: its thread is busy
-        const std::size_t before = expired.size();
-        if (r.coalesced) {
-          claim_callers_locked(r, expired, counters_.timed_out);  // every caller is due: the latest deadline passed
-        } else {
-          expired.emplace_back(&r);
-          claim_locked(r);
-          ++counters_.timed_out;
-        }
-        counters_.expired_before_dispatch += expired.size() - before;
+      // Past its deadline (the timer has not run yet: its thread is busy): never handed to a worker.
+      if (r.coalesced) {
+        if (expire_callers_locked(r, now, expired)) continue;  // the run ended, and may be gone
+      } else if (r.deadline <= now) {
+        expire_locked(r, expired);
         continue;
       }
       unqueue_locked(r);
@@ -716,6 +718,28 @@ class key_queue {
       return request_ptr(&r);
     }
     return nullptr;
+  }
+
+  /// Claims `r`, past its deadline before a worker took it, into `expired`.
+  void expire_locked(request_base& r, std::vector<request_ptr>& expired) {
+    expired.emplace_back(&r);
+    claim_locked(r);
+    ++counters_.timed_out;
+    ++counters_.expired_before_dispatch;
+  }
+
+  /// Claims the callers of `run` that are past their deadlines into
+  /// `expired`; true when none is left, and the run has ended with them.
+  /// (The run's own deadline, the latest of its callers', can be stale: a
+  /// caller that left does not lower it.)
+  bool expire_callers_locked(request_base& run, clock::time_point now, std::vector<request_ptr>& expired) {
+    request_ptr hold(&run);  // the last caller's claim ends the run, and drops the map's reference
+    auto& callers = run.coalesced->callers;
+    for (auto it = callers.begin(); it != callers.end();) {
+      request_base& c = *it++;
+      if (c.deadline <= now) expire_locked(c, expired);
+    }
+    return run.state == request_base::phase::done;
   }
 
   /// Completes, after the lock, the requests take_locked() found expired:
@@ -775,14 +799,8 @@ class key_queue {
   void claim_locked(request_base& r) {
     using phase = request_base::phase;
     if (r.probe) breaker_.release_probe(std::exchange(r.probe, 0));  // ended without an outcome
-    if (r.state == phase::queued) {
-      unqueue_locked(r);
-      promote_room_waiter_locked();
-    } else if (r.state == phase::waiting_room) {
-      auto& list = levels_[r.priority].waiting_room;
-      list.erase(list.iterator_to(r));
-      --waiting_room_;
-    } else if (r.state == phase::attached) {
+    withdraw_locked(r);
+    if (r.state == phase::attached) {
       request_base& run = *std::exchange(r.run, nullptr);
       run.coalesced->callers.erase(run.coalesced->callers.iterator_to(r));
       if (run.coalesced->callers.empty()) end_run_locked(run);  // the last caller has left
