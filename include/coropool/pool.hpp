@@ -281,8 +281,9 @@ class Pool {
   /// As `asio::co_spawn`'s: null and the handler's Response, or:
   /// - the exception `handle` threw, unchanged (the worker serves on);
   /// - a `boost::system::system_error` with `errc::request_timeout` (no answer
-  ///   within `PoolConfig::request_timeout` of submission, queueing included;
-  ///   a late answer is discarded), `errc::shutting_down` (refused, or still
+  ///   by the request's deadline, `PoolConfig::request_timeout` after
+  ///   submission, queueing included: completed at the deadline, the handler
+  ///   cancelled then, a late answer discarded), `errc::shutting_down` (refused, or still
   ///   queued at the shutdown deadline), `errc::invalid_argument` (empty key);
   /// - the wave's spawn_error (`code()` is `errc::spawn_failed`) when the
   ///   key's loads all failed;
@@ -551,8 +552,9 @@ class Pool {
   /// Returns at once. Everything the pool decides ends the stream in-band,
   /// after the chunks already written: the stream handler's exception,
   /// unchanged; `errc::request_timeout` when no worker started the stream
-  /// within `PoolConfig::request_timeout` (once started, a stream runs until
-  /// its handler returns, its reader leaves, or shutdown's deadline);
+  /// by its deadline (`PoolConfig::request_timeout`, or its own
+  /// SubmitOptions; once started, a stream runs until its handler returns,
+  /// its reader leaves, or shutdown's deadline);
   /// `errc::shutting_down`, `errc::invalid_argument`, a spawn_error.
   /// Destroying the Stream withdraws a queued request, or stops the writer.
   ///

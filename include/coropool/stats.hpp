@@ -134,8 +134,9 @@ struct KeyStats {
   /// with an error after their acceptance that has no counter of its own
   /// (`worker_lost`, `shutting_down`, `spawn_failed`, `memory_exhausted`).
   std::uint64_t failed = 0;
-  /// Requests completed with errc::request_timeout, whether the key's timer
-  /// or the health sweep (a worker stuck past the deadline) ended them.
+  /// Requests completed with errc::request_timeout, whether the key's timer,
+  /// a worker finding them expired, or the health sweep (a handler that
+  /// ignored its deadline's cancellation) ended them.
   /// The sum of `expired_before_dispatch` and `expired_in_handler`.
   std::uint64_t timed_out = 0;
   /// Requests whose deadline passed before a worker took them (waiting for
