@@ -586,7 +586,19 @@ TEST_CASE("key queue: a deadline during the handler cancels that handler, on its
 namespace {
 
 /// A run for the queue's coalescing: any request_base will do without a pool.
-request_ptr make_probe_run(request_base&) { return request_ptr(new probe_request); }
+/// A run as coalesced_run is one: no caller of its own, its callers' shared state.
+class probe_run final : public request_base {
+ public:
+  probe_run() { is_run = true; }
+  void fail(error_code, std::exception_ptr) override {}
+  void abandon() noexcept override {}
+  run_info& coalesced() noexcept override { return info_; }
+
+ private:
+  run_info info_;
+};
+
+request_ptr make_probe_run(request_base&) { return request_ptr(new probe_run); }
 
 struct coalescing_fixture : fixture {
   using fixture::fixture;

@@ -286,7 +286,19 @@ void roundtrip() {
     std::sort(r.begin(), r.end(), [](const auto& a, const auto& b) { return a.req_per_s < b.req_per_s; });
     return r[r.size() / 2];
   };
-  for (int clients : {1, 16, 256}) {
+  // COROPOOL_BENCH_CLIENTS=256 runs only the rows of those clients (a comma-separated list).
+  std::vector<int> client_counts{1, 16, 256};
+  if (const char* only = std::getenv("COROPOOL_BENCH_CLIENTS")) {
+    client_counts.clear();
+    for (const char* p = only; *p;) {
+      char* end = nullptr;
+      const long c = std::strtol(p, &end, 10);
+      if (end == p) break;
+      if (c > 0) client_counts.push_back(static_cast<int>(c));
+      p = *end == ',' ? end + 1 : end;
+    }
+  }
+  for (int clients : client_counts) {
     std::vector<RoundtripResult> quiet;
     std::vector<RoundtripResult> pinged;
     for (int run = 0; run < runs; ++run) {

@@ -176,16 +176,15 @@ class key_queue {
       if (result.wake) result.handed = made;
       made->accepted = now;
       made->deadline = deadline;
-      made->coalesced = std::make_unique<request_base::run_info>();
-      made->coalesced->identity = std::move(identity);
+      made->coalesced().identity = std::move(identity);
       run = made.get();
-      runs_.emplace(run->coalesced->identity, run);
+      runs_.emplace(run->coalesced().identity, run);
       intrusive_ptr_add_ref(run);  // the runs_ map's, until the run ends
     }
     run->deadline = std::max(run->deadline, deadline);
     r->state = request_base::phase::attached;
     r->run = run;
-    run->coalesced->callers.push_back(*r);
+    run->coalesced().callers.push_back(*r);
     accept_locked(*r, deadline, now);
     return result;
   }
@@ -257,7 +256,7 @@ class key_queue {
     {
       std::lock_guard lock(mutex_);
       breaker_.record(failure, now);
-      if (r.coalesced) {
+      if (r.is_run) {
         answer = false;
         release_worker_locked(w);
         if (r.state != request_base::phase::done) {
@@ -284,7 +283,7 @@ class key_queue {
     breaker_.record(true, clock::now());
     request_base* current = w.queue.current.get();
     if (!current || current->state == request_base::phase::done) return lost;
-    if (current->coalesced) {
+    if (current->is_run) {
       claim_callers_locked(*current, lost, outcome_counter_locked(ec));
     } else {
       lost.emplace_back(current);
@@ -324,7 +323,7 @@ class key_queue {
         } else if (r.state == request_base::phase::attached && r.run->state == request_base::phase::in_flight) {
           ++counters_.expired_in_handler;
           request_base& run = *r.run;
-          if (run.coalesced->callers.size() == 1) {  // its last caller: nobody waits for the handler any more
+          if (run.coalesced().callers.size() == 1) {  // its last caller: nobody waits for the handler any more
             if (auto w = run.worker ? run.worker->weak_from_this().lock() : nullptr) interrupted.emplace_back(w, &run);
           }
         } else {
@@ -603,14 +602,14 @@ class key_queue {
     if (run.probe) breaker_.release_probe(std::exchange(run.probe, 0));
     withdraw_locked(run);
     run.state = request_base::phase::done;
-    runs_.erase(run.coalesced->identity);
+    runs_.erase(run.coalesced().identity);
     intrusive_ptr_release(&run);  // the map's: the worker or the caller at hand holds another
   }
 
   /// Claims every caller attached to `run` into `callers`, each counted with
   /// `ec` (an empty one: `counter` instead), and ends the run.
   void claim_callers_locked(request_base& run, std::vector<request_ptr>& callers, std::uint64_t& counter) {
-    auto& attached = run.coalesced->callers;
+    auto& attached = run.coalesced().callers;
     while (!attached.empty()) {
       request_base& c = attached.front();
       attached.pop_front();
@@ -704,7 +703,7 @@ class key_queue {
       level& l = next_level_locked();
       request_base& r = l.queued.front();
       // Past its deadline (the timer has not run yet: its thread is busy): never handed to a worker.
-      if (r.coalesced) {
+      if (r.is_run) {
         if (expire_callers_locked(r, now, expired)) continue;  // the run ended, and may be gone
       } else if (r.deadline <= now) {
         expire_locked(r, expired);
@@ -734,7 +733,7 @@ class key_queue {
   /// caller that left does not lower it.)
   bool expire_callers_locked(request_base& run, clock::time_point now, std::vector<request_ptr>& expired) {
     request_ptr hold(&run);  // the last caller's claim ends the run, and drops the map's reference
-    auto& callers = run.coalesced->callers;
+    auto& callers = run.coalesced().callers;
     for (auto it = callers.begin(); it != callers.end();) {
       request_base& c = *it++;
       if (c.deadline <= now) expire_locked(c, expired);
@@ -802,8 +801,8 @@ class key_queue {
     withdraw_locked(r);
     if (r.state == phase::attached) {
       request_base& run = *std::exchange(r.run, nullptr);
-      run.coalesced->callers.erase(run.coalesced->callers.iterator_to(r));
-      if (run.coalesced->callers.empty()) end_run_locked(run);  // the last caller has left
+      run.coalesced().callers.erase(run.coalesced().callers.iterator_to(r));
+      if (run.coalesced().callers.empty()) end_run_locked(run);  // the last caller has left
     }
     r.state = phase::done;
     outstanding_.erase(r);

@@ -27,6 +27,8 @@ struct worker_record;
 /// key's queue lock; whoever moves it to `done` under that lock, and only
 /// they, completes the caller: that is the exactly-once rule (see key_queue).
 class request_base {
+  std::atomic<std::uint32_t> refs_{0};  // first: beside the vtable pointer, where it fills the padding
+
  public:
   /// `attached`: a caller coalesced onto a run (see coalescing below), which
   /// is itself waiting_room, queued or in_flight.
@@ -46,15 +48,20 @@ class request_base {
   /// is being destroyed, as Asio does with every operation still pending then.
   virtual void abandon() noexcept = 0;
 
-  // Guarded by its key queue's lock.
-  phase state = phase::waiting_room;
-  std::uint8_t priority = 0;        // its level: 0 is the highest
+  // Guarded by its key queue's lock. Laid out to fill no more cache lines
+  // than it must: a deep queue's requests are what a worker's cache holds.
   std::uint32_t deadline_slot = 0;  // see deadline_index: in its heap at slot - 1, or 0: in its list
-  clock::time_point accepted;       // when the key took it: its latency counts from here
-  clock::time_point deadline;       // time_point::max(): never
-  hook queue_hook;                  // in its level's queue, or among its level's callers waiting for room
-  hook deadline_hook;               // in deadline_index's list of the key's outstanding requests
-  worker_record* worker = nullptr;  // the worker it was handed to (in_flight)
+  phase state = phase::waiting_room;
+  std::uint8_t priority = 0;  // its level: 0 is the highest
+  bool is_run = false;        // a run of coalesced callers (see below)
+  clock::time_point accepted;  // when the key took it: its latency counts from here
+  clock::time_point deadline;  // time_point::max(): never
+  hook queue_hook;             // in its level's queue, or among its level's callers waiting for room
+  hook deadline_hook;          // in deadline_index's list of the key's outstanding requests
+  union {
+    worker_record* worker = nullptr;  // the worker it was handed to (in_flight)
+    request_base* run;                // an attached caller's: the run it waits for
+  };
 
   // Coalescing (PoolConfig's coalesce_key). Identical requests share one
   // *run*: a request_entry of its own that holds the Request, is queued and
@@ -62,8 +69,8 @@ class request_base {
   // caller is a request of its own (its handler, deadline, cancellation),
   // outstanding in the key's queue, with phase `attached`.
   struct run_info;
-  std::unique_ptr<run_info> coalesced;  // set on a run
-  request_base* run = nullptr;          // set on an attached caller: the run it waits for
+  /// What a run's callers share; only a run (is_run) has one.
+  virtual run_info& coalesced() noexcept { std::terminate(); }
 
   key_queue* queue = nullptr;  // its key's, set before the request is published
   std::uint64_t probe = 0;     // the half-open breaker epoch it probes; 0: not a probe
@@ -79,8 +86,6 @@ class request_base {
   /// Destroys the request and frees its memory, as it was allocated.
   virtual void destroy() noexcept { delete this; }
 
- private:
-  std::atomic<std::uint32_t> refs_{0};
 };
 
 using request_ptr = boost::intrusive_ptr<request_base>;
@@ -265,7 +270,7 @@ class request_op final : public request_entry<Request, Response> {
 template <class Request, class Response>
 class coalesced_run final : public request_entry<Request, Response> {
  public:
-  using request_entry<Request, Response>::request_entry;
+  explicit coalesced_run(Request&& r) : request_entry<Request, Response>(std::move(r)) { this->is_run = true; }
 
   /// Makes the run for `first`'s identity, taking its Request.
   static request_ptr make(request_base& first) {
@@ -273,8 +278,12 @@ class coalesced_run final : public request_entry<Request, Response> {
     return request_ptr(new coalesced_run(std::move(entry.request)));
   }
 
+  request_base::run_info& coalesced() noexcept override { return info_; }
   void complete(std::exception_ptr, Response) override {}  // its callers are answered, not the run
   void abandon() noexcept override {}
+
+ private:
+  request_base::run_info info_;
 };
 
 template <class Request, class Response, class StreamState>
