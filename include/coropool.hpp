@@ -7,6 +7,7 @@
 /// Keyed pools of coroutine workers on Boost.Asio: Pool and its
 /// configuration, statistics, streams and errors. `coropool::detail` is not API.
 
+#include "coropool/batch.hpp"
 #include "coropool/config.hpp"
 #include "coropool/error.hpp"
 #include "coropool/offload.hpp"

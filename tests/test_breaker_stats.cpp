@@ -21,7 +21,7 @@ auto failing_handler() {
   };
 }
 
-asio::awaitable<error_code> outcome(IntPool& pool, int request) {
+asio::awaitable<error_code> outcome_of(IntPool& pool, int request) {
   auto [e, v] = co_await pool.async_submit("bert", request, asio::as_tuple(asio::use_awaitable));
   if (!e && v != request + 1) co_return make_error_code(errc::invalid_argument);
   co_return e ? error_of(e) : error_code{};
@@ -38,7 +38,7 @@ TEST_CASE("the breaker opens on consecutive failures only, and a success resets 
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
-        for (int r : {-1, -1, 1, -1, -1, 2, -1, -1, -1, 3}) seen.push_back(co_await outcome(pool, r));
+        for (int r : {-1, -1, 1, -1, -1, 2, -1, -1, -1, 3}) seen.push_back(co_await outcome_of(pool, r));
         auto [ec] = co_await pool.async_wait_for_workers("bert", 1s, asio::as_tuple(asio::use_awaitable));
         wait_error = ec;
         co_await pool.async_shutdown(1s, asio::use_awaitable);
@@ -72,9 +72,9 @@ TEST_CASE("a half-open breaker lets its probes through, closes on their success,
       ioc,
       [&]() -> asio::awaitable<void> {
         // (no co_await inside CHECK: GCC 12 evaluates it more than once)
-        const error_code opening = co_await outcome(pool, -1);  // threshold 1: open
+        const error_code opening = co_await outcome_of(pool, -1);  // threshold 1: open
         CHECK(opening == make_error_code(errc::invalid_argument));
-        const error_code while_open = co_await outcome(pool, 1);
+        const error_code while_open = co_await outcome_of(pool, 1);
         CHECK(while_open == errc::circuit_open);
         co_await pause(80ms);  // past open_duration
         half_open_seen = pool.stats().keys.at("bert").breaker;
@@ -88,12 +88,12 @@ TEST_CASE("a half-open breaker lets its probes through, closes on their success,
         CHECK(probes_done == 1);
         gate.open();
         while (probes_done < 3) co_await pause(1ms);
-        after_close = co_await outcome(pool, 2);                  // closed again
-        const error_code reopening = co_await outcome(pool, -1);  // open again
+        after_close = co_await outcome_of(pool, 2);                  // closed again
+        const error_code reopening = co_await outcome_of(pool, -1);  // open again
         CHECK(reopening == make_error_code(errc::invalid_argument));
         co_await pause(80ms);
-        reopening_probe = co_await outcome(pool, -2);  // a failing probe
-        after_reopen = co_await outcome(pool, 3);
+        reopening_probe = co_await outcome_of(pool, -2);  // a failing probe
+        after_reopen = co_await outcome_of(pool, 3);
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
       asio::detached);
@@ -234,9 +234,9 @@ TEST_CASE("stats count every outcome, and to_prometheus renders them in the text
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
-        co_await outcome(pool, 1);
-        co_await outcome(pool, 2);
-        co_await outcome(pool, -1);                               // failed
+        co_await outcome_of(pool, 1);
+        co_await outcome_of(pool, 2);
+        co_await outcome_of(pool, -1);                            // failed
         const int odd_answer = co_await pool.submit(odd_key, 5);  // a second key, with a name to escape
         CHECK(odd_answer == 6);
         pool.async_submit("bert", 100, [](std::exception_ptr, int) {});  // in flight at the gate

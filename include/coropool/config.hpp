@@ -23,6 +23,35 @@ class logger;
 
 namespace coropool {
 
+/// Dynamic batching of one key (PoolConfig::batching): how many queued
+/// requests a worker takes at once, and how long it waits for more.
+///
+/// A worker that becomes free takes what is queued, up to `max_batch_size`,
+/// at once, and requests that arrive before its batch starts join it. A
+/// batch that is not full waits for more at most `max_batch_delay` after its
+/// first request joined it, and never into the last `max_batch_delay`
+/// before a deadline of the requests it holds (each keeps at least that much
+/// of its time for the handler); a full batch starts at once. Needs a pool made with a
+/// batch handler (coropool::batched()).
+struct BatchConfig {
+  /// The most requests in one batch (1 to 65,536); 1, the default, is no batching.
+  std::size_t max_batch_size = 1;
+  /// How long a batch that is not full waits for more after its first
+  /// request joined it (zero or more); 0, the default, waits for none: a
+  /// batch takes what is queued and what arrives before it starts (Triton's
+  /// `max_queue_delay_microseconds` and TF Serving's `batch_timeout_micros`
+  /// default to 0 as well).
+  std::chrono::steady_clock::duration max_batch_delay = std::chrono::steady_clock::duration::zero();
+};
+
+namespace detail {
+/// Whether `b` is in the range BatchConfig's fields state.
+inline bool batch_config_valid(const BatchConfig& b) noexcept {
+  return b.max_batch_size >= 1 && b.max_batch_size <= 65536 &&
+         b.max_batch_delay >= std::chrono::steady_clock::duration::zero();
+}
+}  // namespace detail
+
 /// Configuration of a `coropool::Pool`. Every field has a default; set only what differs.
 ///
 /// @code
@@ -63,6 +92,15 @@ struct PoolConfig {
   /// level 0). Within a level, first in first out. Each weight is 1 to 1024.
   /// With one level the queue is the plain FIFO it was before levels existed.
   std::vector<unsigned> priority_weights = {8, 4, 2, 1, 1};
+
+  /// Dynamic batching for every key (see BatchConfig); off by default.
+  BatchConfig batching;
+
+  /// Batching for one key, overriding `batching`: called with the key's name
+  /// once per worker, on the worker's strand before its load starts. Empty,
+  /// the default: every key batches as `batching` says. A result out of
+  /// range fails that worker's load with `errc::invalid_argument`.
+  std::function<BatchConfig(const std::string& key)> batching_for_key;
 
   /// Chunks a stream buffers between its worker and its reader (at least 1);
   /// a writer waits for room beyond it.

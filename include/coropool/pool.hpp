@@ -3,6 +3,7 @@
 /// @file
 /// `coropool::Pool`: keyed pools of coroutine workers on any Asio executor.
 
+#include "coropool/batch.hpp"
 #include "coropool/config.hpp"
 #include "coropool/detail/asio.hpp"
 #include "coropool/detail/pool_core.hpp"
@@ -119,7 +120,7 @@ class Pool {
   template <class Executor, class Load, class Handle, class StreamHandle = detail::no_stream_handler>
   requires asio::execution::executor<Executor> || asio::is_executor<Executor>::value Pool(
       const Executor& ex, PoolConfig config, Load load, Handle handle, StreamHandle stream_handle = {})
-      : core_(detail::pool_core::create(executor_type(ex), std::move(config),
+      : core_(detail::pool_core::create(executor_type(ex), checked_batching<Handle>(std::move(config)),
                                         detail::worker_loop<Request, Response>::make_body(
                                             std::move(load), std::move(handle), std::move(stream_handle)))) {}
 
@@ -744,6 +745,16 @@ class Pool {
       core->send_command(detail::command{what, std::move(key), workers, std::move(done)});
     }
   };
+
+  /// `config`, unless it asks for batching (PoolConfig::batching) without a batch handler.
+  template <class Handle>
+  static PoolConfig checked_batching(PoolConfig config) {
+    if (!detail::is_batch_handler<Handle>::value && (config.batching.max_batch_size > 1 || config.batching_for_key)) {
+      throw boost::system::system_error(make_error_code(errc::invalid_argument),
+                                        "coropool: batching needs a batch handler (coropool::batched)");
+    }
+    return config;
+  }
 
   struct submit_initiation {
     detail::pool_core* core;

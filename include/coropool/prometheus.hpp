@@ -159,6 +159,25 @@ inline std::string to_prometheus(const PoolStats& stats, std::string_view prefix
             [](const KeyStats& k) -> const LatencyHistogram& { return k.latency; });
   histogram("request_queue_seconds", "Submission until a worker took the request.",
             [](const KeyStats& k) -> const LatencyHistogram& { return k.queue_time; });
+  histogram("batch_wait_seconds", "How long a batch's first request waited for the batch to start.",
+            [](const KeyStats& k) -> const LatencyHistogram& { return k.batch_wait; });
+  per_key("batches_total", "counter", "Batches run.", [](const KeyStats& k) { return k.batches; });
+  // Batch sizes in power-of-two buckets (1, 2, 4, ... 65536), from the exact counts KeyStats keeps.
+  header("batch_size", "histogram", "Requests per batch run.");
+  for (const auto& [key, k] : stats.keys) {
+    std::uint64_t cumulative = 0, requests = 0, next = 1;
+    for (std::size_t bound = 1; bound <= 65536; bound *= 2) {
+      for (; next <= bound && next < k.batch_sizes.size(); ++next) {
+        cumulative += k.batch_sizes[next];
+        requests += next * k.batch_sizes[next];
+      }
+      sample("batch_size_bucket", key_label(key) + ",le=\"" + std::to_string(bound) + "\"",
+             static_cast<double>(cumulative));
+    }
+    sample("batch_size_bucket", key_label(key) + ",le=\"+Inf\"", static_cast<double>(cumulative));
+    sample("batch_size_sum", key_label(key), static_cast<double>(requests));
+    sample("batch_size_count", key_label(key), static_cast<double>(cumulative));
+  }
   return out;
 }
 

@@ -153,6 +153,15 @@ struct KeyStats {
   /// queueing (see `Pool::Options::coalesce_key`); each is also counted in
   /// `submitted` and in the bucket of its own outcome.
   std::uint64_t coalesced = 0;
+  /// Batches run (see BatchConfig): handler calls of a batching worker, a
+  /// batch of one included.
+  std::uint64_t batches = 0;
+  /// Batches run by their size: `batch_sizes[n]` batches held `n` requests
+  /// (a run of coalesced requests counts one). Empty until a batch runs.
+  std::vector<std::uint64_t> batch_sizes;
+  /// How long the first request of each batch waited, from joining the
+  /// batch until the batch started: the price of BatchConfig::max_batch_delay.
+  LatencyHistogram batch_wait;
   /// Requests completed with `operation_aborted`: cancelled by their callers,
   /// or withdrawn by a Stream's close().
   std::uint64_t cancelled = 0;
@@ -245,6 +254,11 @@ struct PoolStats {
       t.breaker_opened += k.breaker_opened;
       t.memory_reserved += k.memory_reserved;
       t.latency += k.latency;
+      t.queue_time += k.queue_time;
+      t.batches += k.batches;
+      if (t.batch_sizes.size() < k.batch_sizes.size()) t.batch_sizes.resize(k.batch_sizes.size());
+      for (std::size_t i = 0; i < k.batch_sizes.size(); ++i) t.batch_sizes[i] += k.batch_sizes[i];
+      t.batch_wait += k.batch_wait;
     }
     t.rejected += rejected;
     return t;

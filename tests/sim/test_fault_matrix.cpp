@@ -31,7 +31,7 @@ enum class load_fault { ok, throws, hangs, slow };
 enum class handler_fault { ok, throws, hangs, slow };
 enum class caller_act { awaits, cancels_queued, cancels_handled, try_submit_full };
 enum class pool_event { none, scale_down, evict, restart, declared_dead, shutdown, destroyed };
-enum class outcome {
+enum class ending {
   answer,
   handler_exception,
   spawn_failed,
@@ -79,14 +79,14 @@ struct rule {
   std::optional<handler_fault> handler;
   std::optional<caller_act> caller;
   std::optional<pool_event> event;
-  outcome expected;
+  ending expected;
 };
 
 using L = load_fault;
 using H = handler_fault;
 using C = caller_act;
 using E = pool_event;
-using O = outcome;
+using O = ending;
 constexpr auto any = std::nullopt;
 
 // clang-format off
@@ -117,7 +117,7 @@ const rule expectations[] = {
 };
 // clang-format on
 
-outcome expected_for(L load, H handler, C caller, E event) {
+ending expected_for(L load, H handler, C caller, E event) {
   for (const auto& r : expectations) {
     if ((!r.load || *r.load == load) && (!r.handler || *r.handler == handler) && (!r.caller || *r.caller == caller) &&
         (!r.event || *r.event == event)) {
@@ -142,13 +142,13 @@ struct load_failure : std::runtime_error {
 };
 
 struct cell_result {
-  std::optional<outcome> got;
+  std::optional<ending> got;
   int completions = 0;
   bool others_done = true;  // the blocker completed exactly once too
   bool out_of_work = false;
 };
 
-outcome classify(const std::exception_ptr& e) {
+ending classify(const std::exception_ptr& e) {
   if (!e) return O::answer;
   try {
     std::rethrow_exception(e);
@@ -286,7 +286,7 @@ TEST_CASE("the fault matrix: every load, handler, caller and pool fault together
           const auto caller = static_cast<C>(c);
           const auto event = static_cast<E>(e);
           DYNAMIC_SECTION(cell_name(load, handler, caller, event)) {
-            const outcome expected = expected_for(load, handler, caller, event);
+            const ending expected = expected_for(load, handler, caller, event);
             const cell_result r = run_cell(load, handler, caller, event);
             INFO("expected " << outcome_names[static_cast<int>(expected)] << ", got "
                              << (r.got ? outcome_names[static_cast<int>(*r.got)] : "nothing (or a wrong answer)"));

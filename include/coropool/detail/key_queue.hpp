@@ -123,7 +123,20 @@ class key_queue {
     std::unique_ptr<completion<request_ptr>> wake;  // set: a parked worker's, to complete with `handed`
     request_ptr handed;                             // the request, or the run it started
     bool joined = false;                            // attached to a run already waiting or handled
+    // A collecting worker whose wait is to end now (its batch filled, or an
+    // earlier deadline joined it): nudge_collector() after the lock.
+    std::pair<worker_ptr, std::uint64_t> nudge;
+    bool collected = false;  // joined a batch that was waiting for more
   };
+
+  /// Ends the wait `gen` of a collecting worker, on its strand (see admission::nudge).
+  static void nudge_collector(std::pair<worker_ptr, std::uint64_t>& nudge) {
+    if (!nudge.first) return;
+    auto& w = *nudge.first;
+    asio::post(w.strand, task([w = std::move(nudge.first), gen = nudge.second] {
+                 if (w->own.collect_wait == gen && w->own.batch_timer) w->own.batch_timer->cancel();
+               }));
+  }
 
   /// Accepts `r` (its priority set and checked by the caller): hands it to a
   /// parked worker, queues it, or (when the queue is full) makes room by
@@ -136,6 +149,7 @@ class key_queue {
     const auto now = clock::now();  // under the lock: common deadlines are inserted in order
     const auto deadline = deadline_of_locked(options, now);
     if (refuse_locked(*r, deadline, now, result)) return result;
+    r->deadline = deadline;  // before admission: a collecting batch may have to start before it
     if (!admit_locked(*r, wait_for_room, now, result)) {
       refused_locked(*r);
       return result;
@@ -169,6 +183,7 @@ class key_queue {
     } else {
       request_ptr made = make_run(*r);  // takes r's Request
       made->priority = r->priority;
+      made->deadline = deadline;
       if (!admit_locked(*made, wait_for_room, now, result)) {
         refused_locked(*r);
         return result;
@@ -187,6 +202,137 @@ class key_queue {
     run->coalesced().callers.push_back(*r);
     accept_locked(*r, deadline, now);
     return result;
+  }
+
+  /// Batching (a worker whose queue.batch_limit is set). A worker's batch
+  /// holds its units (requests, or runs of coalesced ones), each in_flight
+  /// with that worker, from the first that joins until they are answered.
+  /// While the batch has room and has not started, the worker is among the
+  /// key's collectors: an arrival joins the oldest collector's batch instead
+  /// of being queued (nothing is queued while one collects, streams aside,
+  /// which are served alone). A unit that ends in the batch (cancelled, past
+  /// its deadline) stays there, done, and is left out when the batch starts.
+
+  /// Makes `w` a batching worker of batches up to `limit`, before it first takes a request.
+  void set_batch_limit(worker_record& w, std::size_t limit) {
+    std::lock_guard lock(mutex_);
+    w.queue.batch_limit = limit;
+  }
+
+  /// Tops up `w`'s batch from the queue, up to its limit, in the order the
+  /// levels are served; it then collects while it has room. Whether it holds any unit.
+  bool fill_batch(worker_record& w) {
+    const auto now = clock::now();
+    std::vector<request_ptr> expired;
+    bool any = false;
+    {
+      std::lock_guard lock(mutex_);
+      fill_batch_locked(w, now, expired);
+      any = !w.queue.batch.empty();
+    }
+    fail_expired(expired);
+    return any;
+  }
+
+  /// When `w`'s batch is to start: `now` when it collects no more (full,
+  /// a stream, stopped); else the earlier of `delay` after its first unit
+  /// joined and the earliest deadline of its units. A later instant is
+  /// registered as the worker's wait `gen`, which an arrival that fills the
+  /// batch or brings an earlier deadline ends early (admission::nudge).
+  clock::time_point batch_start_time(worker_record& w, clock::duration delay, clock::time_point now,
+                                     std::uint64_t& gen) {
+    std::lock_guard lock(mutex_);
+    w.queue.go_at = clock::time_point::max();
+    if (!w.queue.collecting) return now;
+    // A request keeps at least one `delay` of its time for its handler: the
+    // batch does not wait into the last `delay` before any of its deadlines.
+    clock::time_point go = deadline_after(w.queue.batch_first, delay);
+    for (auto& u : w.queue.batch) {
+      if (u->state != request_base::phase::done && u->deadline != clock::time_point::max()) {
+        go = std::min(go,
+                      u->deadline > clock::time_point::min() + delay ? u->deadline - delay : clock::time_point::min());
+      }
+    }
+    if (go <= now) return now;
+    w.queue.go_at = go;
+    gen = ++w.queue.collect_gen;
+    return go;
+  }
+
+  /// Starts `w`'s batch: nothing joins it any more. Returns its units not
+  /// done, in order, and in `handling` what names its handler for
+  /// interrupt_handler (worker_record::own.handling). Empty when every unit
+  /// ended meanwhile: the batch is then gone.
+  std::vector<request_ptr> start_batch(worker_record& w, clock::time_point now, const request_base*& handling) {
+    std::vector<request_ptr> live;
+    std::lock_guard lock(mutex_);
+    stop_collecting_locked(w);
+    w.queue.go_at = clock::time_point::max();
+    live.reserve(w.queue.batch.size());
+    for (auto& u : w.queue.batch) {
+      if (u->state != request_base::phase::done) live.push_back(u);
+    }
+    if (live.empty()) {
+      w.queue.batch.clear();
+      w.shared.state.transition(worker_state::ready);
+      return live;
+    }
+    w.queue.batch_started = true;
+    handling = w.queue.batch.front().get();
+    ++counters_.batches;
+    if (batch_sizes_.size() <= live.size()) batch_sizes_.resize(live.size() + 1);
+    ++batch_sizes_[live.size()];
+    batch_wait_.record(std::chrono::duration<double, std::micro>(now - w.queue.batch_first).count());
+    return live;
+  }
+
+  /// The worker has run its batch over `units` (start_batch's): claims each
+  /// answer that still goes to a caller into `deliveries` (the unit's index,
+  /// and the unit, or each caller of a run), counted completed or failed by
+  /// `errors`; records the breaker once for a batch that failed as a whole
+  /// (`batch_error`: `batch_failure` says whether it counts), else once per
+  /// unit (`failures`); then refills the batch. Whether a next batch has units.
+  bool finish_batch(worker_record& w, const std::vector<request_ptr>& units, const std::vector<char>& errors,
+                    const std::vector<char>& failures, bool batch_error, bool batch_failure, clock::time_point now,
+                    std::vector<std::pair<std::size_t, request_ptr>>& deliveries) {
+    std::vector<request_ptr> expired;
+    std::vector<request_ptr> callers;
+    bool any = false;
+    {
+      std::lock_guard lock(mutex_);
+      if (batch_error) {
+        breaker_.record(batch_failure, now);
+      } else {
+        for (char f : failures) breaker_.record(f != 0, now);
+      }
+      w.shared.served.fetch_add(units.size(), std::memory_order_relaxed);
+      w.queue.batch.clear();
+      w.queue.batch_started = false;
+      w.shared.state.transition(worker_state::ready);
+      for (std::size_t i = 0; i < units.size(); ++i) {
+        request_base& u = *units[i];
+        if (u.state == request_base::phase::done) continue;  // ended meanwhile: its result goes nowhere
+        u.probe = 0;                                         // its outcome was recorded
+        auto& counter = errors[i] ? counters_.failed : counters_.completed;
+        if (u.is_run) {
+          claim_callers_locked(u, callers, counter);
+          for (auto& c : callers) {
+            latency_.record(std::chrono::duration<double, std::micro>(now - c->accepted).count());
+            deliveries.emplace_back(i, std::move(c));
+          }
+          callers.clear();
+        } else {
+          ++counter;
+          claim_locked(u);  // units[i] keeps it alive
+          latency_.record(std::chrono::duration<double, std::micro>(now - u.accepted).count());
+          deliveries.emplace_back(i, units[i]);
+        }
+      }
+      fill_batch_locked(w, now, expired);
+      any = !w.queue.batch.empty();
+    }
+    fail_expired(expired);
+    return any;
   }
 
   /// Withdraws `r`: true when it was claimed here, and its caller is then to
@@ -281,15 +427,14 @@ class key_queue {
     std::vector<request_ptr> lost;
     std::lock_guard lock(mutex_);
     breaker_.record(true, clock::now());
-    request_base* current = w.queue.current.get();
-    if (!current || current->state == request_base::phase::done) return lost;
-    if (current->is_run) {
-      claim_callers_locked(*current, lost, outcome_counter_locked(ec));
-    } else {
-      lost.emplace_back(current);
-      claim_locked(*current);
-      ++outcome_counter_locked(ec);
+    if (w.queue.batch_limit) {
+      stop_collecting_locked(w);
+      for (auto& u : std::exchange(w.queue.batch, {})) claim_unit_locked(*u, lost, ec);
+      w.queue.batch_started = false;
+      if (ec == errc::request_timeout) counters_.expired_in_handler += lost.size();
+      return lost;
     }
+    if (w.queue.current) claim_unit_locked(*w.queue.current, lost, ec);
     if (ec == errc::request_timeout) counters_.expired_in_handler += lost.size();  // the sweep came before the timer
     return lost;
   }
@@ -317,19 +462,19 @@ class key_queue {
       while (!outstanding_.empty() && outstanding_.earliest()->deadline <= now) {
         request_base& r = *outstanding_.earliest();
         expired.emplace_back(&r);
+        // The worker whose handler runs it (or its run), if one does.
+        worker_record* holder = nullptr;
         if (r.state == request_base::phase::in_flight) {
-          ++counters_.expired_in_handler;
-          if (auto w = r.worker ? r.worker->weak_from_this().lock() : nullptr) interrupted.emplace_back(w, &r);
+          holder = r.worker;
         } else if (r.state == request_base::phase::attached && r.run->state == request_base::phase::in_flight) {
-          ++counters_.expired_in_handler;
-          request_base& run = *r.run;
-          if (run.coalesced().callers.size() == 1) {  // its last caller: nobody waits for the handler any more
-            if (auto w = run.worker ? run.worker->weak_from_this().lock() : nullptr) interrupted.emplace_back(w, &run);
-          }
-        } else {
-          ++counters_.expired_before_dispatch;
+          holder = r.run->worker;
         }
+        ++(holder ? counters_.expired_in_handler : counters_.expired_before_dispatch);
         claim_locked(r);
+        // Nobody waits for that handler any more: it is told.
+        if (request_base* handling = holder ? abandoned_handler_locked(*holder) : nullptr) {
+          if (auto w = holder->weak_from_this().lock()) interrupted.emplace_back(std::move(w), handling);
+        }
       }
       counters_.timed_out += expired.size();
       if (!outstanding_.empty()) arm_timer_locked(outstanding_.earliest()->deadline);
@@ -422,6 +567,13 @@ class key_queue {
   /// `now`: its handler was told at the deadline and has not ended since.
   bool overdue(const worker_record& w, clock::time_point now, clock::duration grace) const {
     std::lock_guard lock(mutex_);
+    if (w.queue.batch_limit) {
+      // A batch's handler is told when its last unit ends: overdue once every unit's deadline is.
+      if (!w.queue.batch_started || w.queue.batch.empty()) return false;
+      clock::time_point latest = clock::time_point::min();
+      for (auto& u : w.queue.batch) latest = std::max(latest, u->deadline);
+      return deadline_after(latest, grace) <= now;
+    }
     return w.queue.current && deadline_after(w.queue.current->deadline, grace) <= now;
   }
 
@@ -454,6 +606,9 @@ class key_queue {
     s.held_back = counters_.held_back;
     s.coalesced = counters_.coalesced;
     s.queue_time = queue_time_;
+    s.batches = counters_.batches;
+    s.batch_sizes = batch_sizes_;
+    s.batch_wait = batch_wait_;
     s.submitted = counters_.submitted;
     s.completed = counters_.completed;
     s.failed = counters_.failed;
@@ -543,6 +698,12 @@ class key_queue {
       result.refused = errc::circuit_open;
       return false;
     }
+    if (!collectors_.empty() && !unit.streamed) {
+      // A batch that waits for more takes it: nothing is queued while one does.
+      join_collector_locked(unit, now, result);
+      result.collected = true;
+      return true;
+    }
     if (!idle_.empty()) {
       // A parked worker takes it directly: nothing is queued whenever one is parked.
       worker_record* woken = idle_.back();
@@ -551,6 +712,7 @@ class key_queue {
       woken->shared.state.transition(worker_state::ready);
       unit.accepted = now;
       hand_locked(unit, *woken, now);
+      start_collecting_locked(*woken);
       return true;
     }
     if (queued_ < limits_.capacity || hold_back_below_locked(unit.priority)) {
@@ -621,12 +783,83 @@ class key_queue {
     end_run_locked(run);
   }
 
+  /// Hands `unit` to the oldest collecting batch; that worker's wait ends
+  /// when the batch is full or `unit` must start before it would.
+  void join_collector_locked(request_base& unit, clock::time_point now, admission& result) {
+    worker_record& c = *collectors_.front();
+    unit.accepted = now;
+    hand_locked(unit, c, now);
+    if (c.queue.batch.size() >= c.queue.batch_limit) {
+      stop_collecting_locked(c);
+    } else if (!(unit.deadline < c.queue.go_at)) {
+      return;
+    }
+    if (c.queue.go_at != clock::time_point::max()) result.nudge = {c.shared_from_this(), c.queue.collect_gen};
+  }
+
+  /// `w`, holding a batch with room that has not started, takes arrivals from now on.
+  void start_collecting_locked(worker_record& w) {
+    if (w.queue.batch_limit <= 1 || w.queue.collecting || w.queue.batch_started) return;
+    if (w.queue.batch.empty() || w.queue.batch.size() >= w.queue.batch_limit || w.queue.batch.front()->streamed) return;
+    if (closed_ || w.shared.stop_requested.load(std::memory_order_relaxed)) return;
+    w.queue.collecting = true;
+    collectors_.push_back(&w);
+  }
+
+  void stop_collecting_locked(worker_record& w) {
+    if (!w.queue.collecting) return;
+    w.queue.collecting = false;
+    collectors_.erase(std::find(collectors_.begin(), collectors_.end(), &w));
+  }
+
+  void fill_batch_locked(worker_record& w, clock::time_point now, std::vector<request_ptr>& expired) {
+    while (w.queue.batch.size() < w.queue.batch_limit) {
+      if (!w.queue.batch.empty() && w.queue.batch.front()->streamed) break;
+      if (!take_locked(w, now, expired)) break;
+    }
+    start_collecting_locked(w);
+  }
+
+  /// The request that names the handler `w` runs, if nobody waits for that
+  /// handler any more (see interrupt_handler): its request (or run) is done,
+  /// or every unit of its batch is.
+  request_base* abandoned_handler_locked(worker_record& w) const {
+    if (w.queue.batch_limit) {
+      if (!w.queue.batch_started || w.queue.batch.empty()) return nullptr;
+      for (auto& u : w.queue.batch) {
+        if (u->state != request_base::phase::done) return nullptr;
+      }
+      return w.queue.batch.front().get();
+    }
+    request_base* current = w.queue.current.get();
+    return current && current->state == request_base::phase::done ? current : nullptr;
+  }
+
+  /// Claims `unit` (a request, or every caller of a run), not done, into `lost`, counted with `ec`.
+  void claim_unit_locked(request_base& unit, std::vector<request_ptr>& lost, error_code ec) {
+    if (unit.state == request_base::phase::done) return;
+    if (unit.is_run) {
+      claim_callers_locked(unit, lost, outcome_counter_locked(ec));
+    } else {
+      lost.emplace_back(&unit);
+      claim_locked(unit);
+      ++outcome_counter_locked(ec);
+    }
+  }
+
   /// Hands `r` to `w`, which is to run its handler.
   void hand_locked(request_base& r, worker_record& w, clock::time_point now) {
     r.state = request_base::phase::in_flight;
     r.worker = &w;
-    w.queue.current = request_ptr(&r);
-    w.shared.state.transition(worker_state::processing);
+    bool first = true;
+    if (w.queue.batch_limit) {
+      first = w.queue.batch.empty();
+      if (first) w.queue.batch_first = now;
+      w.queue.batch.emplace_back(&r);
+    } else {
+      w.queue.current = request_ptr(&r);
+    }
+    if (first) w.shared.state.transition(worker_state::processing);  // a batch's later units find it so
     queue_time_.record(std::chrono::duration<double, std::micro>(now - r.accepted).count());
   }
 
@@ -709,6 +942,7 @@ class key_queue {
         expire_locked(r, expired);
         continue;
       }
+      if (r.streamed && !w.queue.batch.empty()) return nullptr;  // a stream is served alone, after this batch
       unqueue_locked(r);
       virtual_time_ = l.pass;
       l.pass += l.stride;
@@ -767,6 +1001,8 @@ class key_queue {
 
   void release_worker_locked(worker_record& w) {
     w.queue.current = nullptr;
+    w.queue.batch.clear();
+    w.queue.batch_started = false;
     w.shared.served.fetch_add(1, std::memory_order_relaxed);
     w.shared.state.transition(worker_state::ready);
   }
@@ -855,15 +1091,19 @@ class key_queue {
   // coroutine owns its record, and the request path pays no reference count;
   // the strand's rare uses get the owner from shared_from_this().
   std::vector<worker_record*> idle_;
-  std::vector<level> levels_;  // by priority, 0 the highest
+  std::vector<worker_record*> collectors_;  // batches waiting for more, oldest first (see "Batching")
+  std::vector<level> levels_;               // by priority, 0 the highest
   deadline_index outstanding_;
   circuit_breaker breaker_;
   struct {
     std::uint64_t submitted = 0, completed = 0, failed = 0, timed_out = 0, cancelled = 0, rejected = 0;
     std::uint64_t expired_before_dispatch = 0, expired_in_handler = 0, held_back = 0, coalesced = 0;
+    std::uint64_t batches = 0;
   } counters_;  // see KeyStats
   LatencyHistogram latency_;
   LatencyHistogram queue_time_;
+  std::vector<std::uint64_t> batch_sizes_;  // batches run, by their size
+  LatencyHistogram batch_wait_;             // how long each batch's first unit waited for the batch to start
   // The runs of coalesced requests that wait or are being handled, by
   // identity; each holds a reference, and has at least one caller.
   std::unordered_map<std::string, request_base*> runs_;

@@ -123,6 +123,24 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   /// coalesced requests, `callers` receives the callers to answer.
   request_ptr claim_answer_and_take(request_base& r, worker_record& w, bool& answer, std::vector<request_ptr>& callers,
                                     bool error, bool failure);
+  /// Batching workers (see key_queue, "Batching"): forwarded to the worker's key queue.
+  bool fill_batch(worker_record& w) { return w.key->queue.fill_batch(w); }
+  clock::time_point batch_start_time(worker_record& w, clock::duration delay, clock::time_point now,
+                                     std::uint64_t& gen) {
+    return w.key->queue.batch_start_time(w, delay, now, gen);
+  }
+  std::vector<request_ptr> start_batch(worker_record& w, const request_base*& handling) {
+    const auto now = clock::now();
+    w.own.last_progress = now;
+    return w.key->queue.start_batch(w, now, handling);
+  }
+  bool finish_batch(worker_record& w, const std::vector<request_ptr>& units, const std::vector<char>& errors,
+                    const std::vector<char>& failures, bool batch_error, bool batch_failure,
+                    std::vector<std::pair<std::size_t, request_ptr>>& deliveries) {
+    const auto now = clock::now();
+    w.own.last_progress = now;
+    return w.key->queue.finish_batch(w, units, errors, failures, batch_error, batch_failure, now, deliveries);
+  }
   /// Whether an exception of `load` or `handle` counts against the breaker
   /// (PoolConfig::breaker_counts): user code, called outside every lock.
   bool counts_as_failure(const std::exception_ptr& e) const;

@@ -52,8 +52,9 @@ class request_base {
   // than it must: a deep queue's requests are what a worker's cache holds.
   std::uint32_t deadline_slot = 0;  // see deadline_index: in its heap at slot - 1, or 0: in its list
   phase state = phase::waiting_room;
-  std::uint8_t priority = 0;  // its level: 0 is the highest
-  bool is_run = false;        // a run of coalesced callers (see below)
+  std::uint8_t priority = 0;   // its level: 0 is the highest
+  bool is_run = false;         // a run of coalesced callers (see below)
+  bool streamed = false;       // submit_stream()'s: served alone, never in a batch
   clock::time_point accepted;  // when the key took it: its latency counts from here
   clock::time_point deadline;  // time_point::max(): never
   hook queue_hook;             // in its level's queue, or among its level's callers waiting for room
@@ -85,7 +86,6 @@ class request_base {
 
   /// Destroys the request and frees its memory, as it was allocated.
   virtual void destroy() noexcept { delete this; }
-
 };
 
 using request_ptr = boost::intrusive_ptr<request_base>;
@@ -290,7 +290,9 @@ template <class Request, class Response, class StreamState>
 class stream_request_op final : public request_entry<Request, Response> {
  public:
   stream_request_op(Request&& r, std::shared_ptr<StreamState> stream_state)
-      : request_entry<Request, Response>(std::move(r)), state_(std::move(stream_state)) {}
+      : request_entry<Request, Response>(std::move(r)), state_(std::move(stream_state)) {
+    this->streamed = true;
+  }
 
   StreamState* stream() noexcept override { return state_.get(); }
 

@@ -12,6 +12,8 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <vector>
 
 namespace coropool::detail {
 
@@ -53,6 +55,11 @@ struct worker_record : std::enable_shared_from_this<worker_record> {
     clock::time_point last_progress;         // when it last loaded, or answered or started a request
     const request_base* handling = nullptr;  // the request whose handler it is running
     bool interrupted = false;                // stop_signal was emitted for that request's deadline
+    // A batching worker waiting for its batch to fill: the timer it waits on
+    // until the batch is to start, and which wait (key_queue's collect_gen;
+    // 0: none) a nudge from the key queue may cut short.
+    std::optional<timer_type> batch_timer;
+    std::uint64_t collect_wait = 0;
   } own;
 
   /// The pool's strand.
@@ -75,6 +82,14 @@ struct worker_record : std::enable_shared_from_this<worker_record> {
     std::unique_ptr<completion<request_ptr>> parked;
     request_ptr current;           // the request it is handling
     clock::time_point idle_since;  // when it parked
+    // Batching (a pool with a batch handler; see key_queue, "Batching").
+    std::size_t batch_limit = 0;     // its max_batch_size; 0: it serves one request at a time (`current`)
+    std::vector<request_ptr> batch;  // its units, from the first that joined until they are answered
+    bool collecting = false;         // among the key's collectors: arrivals join its batch
+    bool batch_started = false;      // its handler runs: nothing joins any more
+    clock::time_point batch_first;   // when its batch's first unit joined
+    clock::time_point go_at = clock::time_point::max();  // when its wait for more ends
+    std::uint64_t collect_gen = 0;                       // the latest wait it registered (own.collect_wait)
   } queue;
 };
 

@@ -31,7 +31,7 @@ COROPOOL_DECL pool_core::pool_core(executor ex, PoolConfig config, worker_body b
       config_.idle_timeout <= clock::duration::zero() || config_.maintenance_interval <= clock::duration::zero() ||
       config_.open_duration <= clock::duration::zero() || config_.half_open_probes == 0 ||
       config_.max_request_timeout < config_.request_timeout || config_.priority_weights.empty() ||
-      config_.priority_weights.size() > 16 ||
+      config_.priority_weights.size() > 16 || !batch_config_valid(config_.batching) ||
       std::any_of(config_.priority_weights.begin(), config_.priority_weights.end(),
                   [](unsigned w) { return w == 0 || w > 1024; }) ||
       std::find(config_.warm_keys.begin(), config_.warm_keys.end(), std::string()) != config_.warm_keys.end()) {
