@@ -15,6 +15,9 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <span>
+#include <stdexcept>
+#include <string>
 
 #include <spdlog/sinks/null_sink.h>
 
@@ -540,6 +543,28 @@ plan plan_of(int request, bool with_deaths) {
 
 constexpr int stress_keys = 4;
 
+/// What a batch holding `request` does to all of it: throw as a whole, or return a result too few.
+enum class batch_fault { none, throws, short_result };
+
+batch_fault batch_fault_of(int request) {
+  if (request % 997 == 5) return batch_fault::throws;
+  if (request % 1999 == 11) return batch_fault::short_result;
+  return batch_fault::none;
+}
+
+/// Whether `error` is what a batch that failed as a whole gives each of its callers.
+bool is_batch_failure(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const model_error& e) {
+    return std::string(e.what()) == "batch";
+  } catch (const std::logic_error& e) {
+    return std::string(e.what()).starts_with("coropool: the batch handler returned");
+  } catch (...) {
+  }
+  return false;
+}
+
 /// How callers' requests ended, by key: each caller's outcome counted once.
 struct KeyOutcomes {
   std::atomic<std::uint64_t> answered{0}, thrown{0}, cancelled{0}, timed_out{0}, lost{0}, refused{0}, shut_out{0};
@@ -571,6 +596,10 @@ struct StressOptions {
   // Every request at a random priority level; 10 % with a deadline of their
   // own of up to 2 ms; 10 % asking one of 32 shared questions, coalesced.
   bool scheduling = true;
+  // A batch handler (batches of up to 8, 200 us of delay): per-item throws
+  // as planned, and some batches that throw as a whole or return a result
+  // too few, failing every caller in them (see batch_fault_of).
+  bool batching = false;
 
   int slow_count() const { return (requests - 2 + 3999) / 4000; }  // plan_of: request % 4000 == 2
 };
@@ -619,8 +648,10 @@ asio::awaitable<void> stress_client(IntPool& pool, Outcomes& out, const StressOp
       // or it never starts: refused by an open breaker, or by a shutdown.
       const error_code ec = error_of(error);
       out.slow.fetch_add(1);
+      // With batching, a batch that fails as a whole takes it along before it gets that far.
       if (!(ec == errc::request_timeout || ec == errc::circuit_open || (options.deaths && ec == errc::worker_lost) ||
-            (options.shutdown_at_random && ec == errc::shutting_down))) {
+            (options.shutdown_at_random && ec == errc::shutting_down) ||
+            (options.batching && error && is_batch_failure(error)))) {
         out.slow_wrong.fetch_add(1);
       }
     }
@@ -643,6 +674,8 @@ asio::awaitable<void> stress_client(IntPool& pool, Outcomes& out, const StressOp
       k.shut_out.fetch_add(1);
     } else if (ec == asio::error::operation_aborted && p == plan::cancelled) {
       k.cancelled.fetch_add(1);
+    } else if (options.batching && ec == errc::invalid_argument && is_batch_failure(error)) {
+      k.thrown.fetch_add(1);  // its batch failed as a whole: every caller in it gets that
     } else if (p == plan::throws && ec == errc::invalid_argument) {  // error_of's mark for a non-pool exception
       try {
         std::rethrow_exception(error);
@@ -687,7 +720,7 @@ void run_stress(const Executor& ex, Run run, const StressOptions& options) {
       return request >= coalesce_base ? std::optional<std::string>(std::to_string(request)) : std::nullopt;
     };
   }
-  IntPool pool(ex, std::move(pool_options), scripted_loader(script), [&](Model&, int request) -> asio::awaitable<int> {
+  auto handle = [&](Model&, int request) -> asio::awaitable<int> {
     handled.fetch_add(1, std::memory_order_relaxed);
     switch (plan_of(request, options.deaths)) {
       case plan::throws:
@@ -702,7 +735,41 @@ void run_stress(const Executor& ex, Run run, const StressOptions& options) {
         break;
     }
     co_return request + 1;
-  });
+  };
+  // The same plans, item by item, in batches; and the faults of whole batches.
+  auto handle_batch = [&](Model&, std::span<int> requests) -> asio::awaitable<std::vector<outcome<int>>> {
+    handled.fetch_add(static_cast<int>(requests.size()), std::memory_order_relaxed);
+    bool slow = false, blocks = false;
+    batch_fault fault = batch_fault::none;
+    for (int r : requests) {
+      const plan p = plan_of(r, options.deaths);
+      slow = slow || p == plan::slow;
+      blocks = blocks || p == plan::blocks;
+      if (fault == batch_fault::none) fault = batch_fault_of(r);
+    }
+    if (fault == batch_fault::throws) throw model_error("batch");
+    if (slow) co_await pause(300ms);
+    if (blocks) std::this_thread::sleep_for(300ms);
+    std::vector<outcome<int>> results;
+    for (int r : requests) {
+      if (plan_of(r, options.deaths) == plan::throws) {
+        results.emplace_back(std::make_exception_ptr(model_error("request " + std::to_string(r))));
+      } else {
+        results.emplace_back(r + 1);
+      }
+    }
+    if (fault == batch_fault::short_result) results.pop_back();
+    co_return results;
+  };
+  if (options.batching) {
+    pool_options.batching.max_batch_size = 8;
+    pool_options.batching.max_batch_delay = 200us;
+  }
+  auto pool_ptr =
+      options.batching
+          ? std::make_unique<IntPool>(ex, std::move(pool_options), scripted_loader(script), batched(handle_batch))
+          : std::make_unique<IntPool>(ex, std::move(pool_options), scripted_loader(script), handle);
+  IntPool& pool = *pool_ptr;
 
   Outcomes out(options.requests);
   std::atomic<int> commands{0};
@@ -793,6 +860,13 @@ void run_stress(const Executor& ex, Run run, const StressOptions& options) {
     CHECK(answered > static_cast<std::uint64_t>(options.requests / 2));
     if (options.scheduling) CHECK(stats.total().coalesced > 0);
   }
+  if (options.batching) {
+    const KeyStats total = stats.total();
+    CHECK(total.batches > 0);
+    std::uint64_t larger = 0;
+    for (std::size_t n = 2; n < total.batch_sizes.size(); ++n) larger += total.batch_sizes[n];
+    CHECK(larger > 0);  // batches of more than one formed
+  }
 }
 
 }  // namespace
@@ -826,6 +900,30 @@ TEST_CASE("chaos: exactly once on more threads, with a small queue, dying worker
     run_stress(
         threads.get_executor(), [&] { threads.join(); }, options);
   }
+}
+
+TEST_CASE(
+    "batching: every request completes exactly once under per-item and per-batch faults, cancellation and timeouts",
+    "[submit][stress][batching]") {
+  StressOptions options;
+  options.requests = stress_requests / 4;
+  options.batching = true;
+  asio::io_context ioc(2);
+  run_stress(
+      ioc.get_executor(), [&] { REQUIRE(run_until_idle(ioc, 2, 300s)); }, options);
+}
+
+TEST_CASE("batching chaos: exactly once with dying workers and a shutdown at a random moment",
+          "[submit][stress][concurrency][batching]") {
+  StressOptions options;
+  options.requests = stress_requests / 10;
+  options.capacity = 4;
+  options.deaths = true;
+  options.batching = true;
+  options.shutdown_at_random = true;
+  asio::io_context ioc(4);
+  run_stress(
+      ioc.get_executor(), [&] { REQUIRE(run_until_idle(ioc, 4, 300s)); }, options);
 }
 
 TEST_CASE("a submit to a key never seen before, racing shutdown, gets shutting_down and never times out",

@@ -12,11 +12,13 @@
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
 #include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -61,7 +63,8 @@ class byte_reader {
 /// hash, which changes with every mutation.
 class side_stream {
  public:
-  side_stream(const std::uint8_t* data, std::size_t size) {
+  /// `basis`: FNV-1a's offset basis, or another, for a stream of its own.
+  side_stream(const std::uint8_t* data, std::size_t size, std::uint64_t basis = 0xcbf29ce484222325ULL) : state_(basis) {
     for (std::size_t i = 0; i < size; ++i) state_ = (state_ ^ data[i]) * 0x100000001b3ULL;  // FNV-1a
   }
   std::size_t below(std::size_t n) noexcept {
@@ -76,7 +79,7 @@ class side_stream {
   }
 
  private:
-  std::uint64_t state_ = 0xcbf29ce484222325ULL;
+  std::uint64_t state_;
 };
 
 enum class load_kind : std::uint8_t { ok, fails, hangs, slow };
@@ -136,6 +139,12 @@ struct handler_failure : std::runtime_error {
   int id;
 };
 
+/// What a batch handler throws as a whole (batching): carries the requests of its batch.
+struct batch_failure : std::runtime_error {
+  explicit batch_failure(std::vector<int> requests) : std::runtime_error("batch failed"), ids(std::move(requests)) {}
+  std::vector<int> ids;
+};
+
 /// What a failing load throws.
 struct load_failure : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -176,7 +185,8 @@ struct key_model {
 
 class scenario {
  public:
-  scenario(const std::uint8_t* data, std::size_t size) : in_(data, size), side_(data, size) {}
+  scenario(const std::uint8_t* data, std::size_t size)
+      : in_(data, size), side_(data, size), batch_side_(data, size, 0x84222325cbf29ce4ULL) {}
 
   scenario(const scenario&) = delete;
   scenario& operator=(const scenario&) = delete;
@@ -201,7 +211,13 @@ class scenario {
           return std::to_string(r.id) + "/" + name(r.kind);
         };
       }
-      pool_.emplace(*ioc_, std::move(options), loader(), handler(), stream_handler());
+      if (!batching_) {
+        pool_.emplace(*ioc_, std::move(options), loader(), handler(), stream_handler());
+      } else if (batch_single_) {
+        pool_.emplace(*ioc_, std::move(options), loader(), batched(batch_handler(), handler()), stream_handler());
+      } else {
+        pool_.emplace(*ioc_, std::move(options), loader(), batched(batch_handler()), stream_handler());
+      }
     } catch (const boost::system::system_error& e) {
       require(e.code() == errc::invalid_argument, "a config out of range is refused with invalid_argument");
       require(!config_valid_, "a valid config was refused: " + std::string(e.what()));
@@ -279,6 +295,18 @@ class scenario {
     c.priority_weights = side_.pick(weights);
     if (side_.below(3) == 0) c.max_request_timeout = std::max(c.request_timeout, side_.pick(durations));
     coalescing_ = side_.below(2) == 0;
+    // Batching, from a side stream of its own: the draws above, and every
+    // request's, are those of the inputs recorded before batching existed.
+    batching_ = batch_side_.below(3) == 0;
+    if (batching_) {
+      c.batching.max_batch_size = batch_side_.pick(std::array<std::size_t, 3>{2, 3, 8});
+      c.batching.max_batch_delay = batch_side_.pick(std::array<duration, 5>{0ns, 1us, 1ms, 10ms, 100ms});
+      batch_single_ = batch_side_.below(2) == 0;
+      if (config_valid_ && batch_side_.below(32) == 0) {
+        config_valid_ = false;
+        c.batching.max_batch_size = batch_side_.below(2) ? 0 : 65537;
+      }
+    }
     if (config_valid_ && side_.below(64) == 0) {
       config_valid_ = false;
       switch (side_.below(3)) {
@@ -302,7 +330,11 @@ class scenario {
           describe(c.idle_timeout) + ", maintenance " + describe(c.maintenance_interval) + ", open " +
           describe(c.open_duration) + ", threshold " + std::to_string(c.failure_threshold) + ", probes " +
           std::to_string(c.half_open_probes) + ", footprint " + std::to_string(footprint_) + ", budget " +
-          std::to_string(budget_) + (c.warm_keys.empty() ? "" : ", warm k0") + (config_valid_ ? "" : " (invalid)"));
+          std::to_string(budget_) + (c.warm_keys.empty() ? "" : ", warm k0") +
+          (batching_ ? ", batches of " + std::to_string(c.batching.max_batch_size) + " after " +
+                           describe(c.batching.max_batch_delay) + (batch_single_ ? " (and a single handler)" : "")
+                     : std::string()) +
+          (config_valid_ ? "" : " (invalid)"));
     return c;
   }
 
@@ -591,6 +623,46 @@ class scenario {
     };
   }
 
+  /// Batches: each item as handler() would serve it alone, except that the
+  /// item that makes its handler wait longest (hangs, stuck, slow) makes the
+  /// whole batch wait so; `dies` answers (the worker's own code throwing is
+  /// left to single requests). Now and then the whole batch throws, or
+  /// answers one result short, by the first request's id.
+  std::function<asio::awaitable<std::vector<outcome<Response>>>(Model&, std::span<Request>)> batch_handler() {
+    return [this](Model& model, std::span<Request> requests) -> asio::awaitable<std::vector<outcome<Response>>> {
+      std::vector<int> ids;
+      for (const Request& r : requests) {
+        if (r.kind != handle_kind::answer) ++keys_[model.key].risky_runs;
+        ids.push_back(r.id);
+      }
+      trace("  batch of " + std::to_string(requests.size()) + " handled, from #" + std::to_string(ids.front()));
+      const bool whole_batch_fails = requests.size() > 1 && ids.front() % 7 == 3;
+      const bool one_short = requests.size() > 1 && ids.front() % 11 == 5;
+      if (whole_batch_fails || one_short) ++keys_[model.key].risky_runs;  // counts once against the breaker
+      if (whole_batch_fails) throw batch_failure(ids);
+      // The longest wait of its items is the batch's: hangs, then stuck, then slow.
+      const Request* waits = nullptr;
+      for (handle_kind kind : {handle_kind::hangs, handle_kind::stuck, handle_kind::slow}) {
+        for (const Request& r : requests) {
+          if (!waits && r.kind == kind) waits = &r;
+        }
+      }
+      if (waits) co_await behave(model, *waits);
+      std::vector<outcome<Response>> results;
+      for (const Request& r : requests) {
+        if (r.kind == handle_kind::throws) {
+          results.emplace_back(std::make_exception_ptr(handler_failure(r.id)));
+        } else if (r.kind == handle_kind::throws_non_std) {
+          results.emplace_back(std::make_exception_ptr(r.id));
+        } else {
+          results.emplace_back(Response(r.id + 1));
+        }
+      }
+      if (one_short) results.pop_back();
+      co_return results;
+    };
+  }
+
   std::function<asio::awaitable<void>(Model&, Request, StreamWriter<Response>&)> stream_handler() {
     return [this](Model& model, Request request, StreamWriter<Response>& out) -> asio::awaitable<void> {
       callers_[request.id].stream_started = true;
@@ -736,6 +808,16 @@ class scenario {
       }
       require(cause_is_load, who + "'s spawn_error does not carry the load's exception");
       if (k && c.kind != caller_kind::stream) ++k->others;
+    } catch (const batch_failure& failure) {
+      completed(id, "its batch's exception");
+      require(batching_ && std::find(failure.ids.begin(), failure.ids.end(), c.request_id) != failure.ids.end(),
+              who + " got the exception of a batch it was not in");
+      if (k && c.kind != caller_kind::stream) ++k->others;
+    } catch (const std::logic_error& error) {
+      completed(id, error.what());
+      require(batching_ && std::string(error.what()).starts_with("coropool: the batch handler returned"),
+              who + " completed with a logic_error nobody threw: " + error.what());
+      if (k && c.kind != caller_kind::stream) ++k->others;
     } catch (const handler_failure& failure) {
       completed(id, "the handler's exception");
       require(c.behaviour == handle_kind::throws && failure.id == c.request_id,
@@ -877,6 +959,7 @@ class scenario {
     }
     const KeyStats all = stats.total();
     report_.coalesced = all.coalesced;
+    for (std::size_t n = 2; n < all.batch_sizes.size(); ++n) report_.batches_of_more_than_one += all.batch_sizes[n];
     report_.expired_before_dispatch = all.expired_before_dispatch;
     report_.expired_in_handler = all.expired_in_handler;
     require(counted_others == others,
@@ -941,7 +1024,10 @@ class scenario {
 
   byte_reader in_;
   side_stream side_;
+  side_stream batch_side_;
   bool coalescing_ = false;
+  bool batching_ = false;      // a batch handler (batch_handler()) with PoolConfig::batching
+  bool batch_single_ = false;  // and handler() beside it, for batches of one
   std::vector<int> requests_;  // callers of submit and try_submit, in order
   scenario_report report_;
   std::vector<std::string> trace_;

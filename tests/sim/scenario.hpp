@@ -28,6 +28,7 @@ struct scenario_report {
   std::uint64_t coalesced = 0;
   std::uint64_t expired_before_dispatch = 0;
   std::uint64_t expired_in_handler = 0;
+  std::uint64_t batches_of_more_than_one = 0;  // batches run with two requests or more
 };
 
 /// Decodes `data` into a PoolConfig and a sequence of operations (submits of

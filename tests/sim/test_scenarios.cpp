@@ -64,7 +64,7 @@ TEST_CASE("scenarios from a fixed seed run clean", "[sim][fuzz]") {
 #endif
   std::mt19937 rng(20261130);
   std::size_t operations = 0, callers = 0, rejected = 0;
-  std::uint64_t coalesced = 0, expired_before_dispatch = 0, expired_in_handler = 0;
+  std::uint64_t coalesced = 0, expired_before_dispatch = 0, expired_in_handler = 0, batched = 0;
   for (int i = 0; i < scenarios; ++i) {
     std::vector<std::uint8_t> input(16 + rng() % 200);
     for (auto& b : input) b = static_cast<std::uint8_t>(rng());
@@ -77,6 +77,7 @@ TEST_CASE("scenarios from a fixed seed run clean", "[sim][fuzz]") {
       coalesced += report.coalesced;
       expired_before_dispatch += report.expired_before_dispatch;
       expired_in_handler += report.expired_in_handler;
+      batched += report.batches_of_more_than_one;
     } catch (const std::exception& e) {
       // Kept for a regression test: copy it to tests/sim/regressions/.
       const std::string kept = "sim-failure-" + std::to_string(i) + ".bin";
@@ -90,8 +91,9 @@ TEST_CASE("scenarios from a fixed seed run clean", "[sim][fuzz]") {
   CHECK(rejected > 0);
   // The scheduling dimensions are exercised, not only decoded.
   CHECK(coalesced > 0);
+  CHECK(batched > 0);
   CHECK(expired_before_dispatch > 0);
   CHECK(expired_in_handler > 0);
-  WARN("coalesced " << coalesced << ", expired before dispatch " << expired_before_dispatch << ", in the handler "
-                    << expired_in_handler);
+  WARN("batches of two or more " << batched << ", coalesced " << coalesced << ", expired before dispatch "
+                                 << expired_before_dispatch << ", in the handler " << expired_in_handler);
 }
