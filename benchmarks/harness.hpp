@@ -49,6 +49,7 @@ Percentiles percentiles(std::vector<double> values);
 double cpu_seconds();
 
 // The workloads, one file each in workloads/; main.cpp runs them by name.
+void batching();
 void coalescing();
 void cold_start_wake();
 void core_handoff();

@@ -5,8 +5,8 @@
 //
 // Each workload lives in workloads/<name>.cpp, which says what it measures:
 // cold_start_wake, core_handoff, idle_cpu, idle_wait_cpu, memory, roundtrip,
-// starvation; and scheduling.cpp's priorities, coalescing, deadline_overrun. harness.hpp writes the rows; callers.hpp
-// holds what the workloads on Asio and coropool share.
+// starvation; scheduling.cpp's priorities, coalescing, deadline_overrun; batching. harness.hpp writes the rows;
+// callers.hpp holds what the workloads on Asio and coropool share.
 
 #include "harness.hpp"
 
@@ -26,7 +26,8 @@ int main(int argc, char* argv[]) {
                                                     {"memory", memory},
                                                     {"priorities", priorities},
                                                     {"coalescing", coalescing},
-                                                    {"deadline_overrun", deadline_overrun}};
+                                                    {"deadline_overrun", deadline_overrun},
+                                                    {"batching", batching}};
   std::vector<std::string> chosen(argv + 1, argv + argc);
   if (chosen.empty()) {
     for (const auto& [name, run] : workloads) chosen.push_back(name);
