@@ -15,6 +15,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace coropool;
@@ -361,6 +362,59 @@ TEST_CASE("shutdown's deadline during a batch completes each item exactly once",
     CHECK(o.completions == 1);
     CHECK(o.error == errc::shutting_down);
   }
+}
+
+TEST_CASE("a worker declared dead during its batch: each item completes once with worker_lost", "[batching][faults]") {
+  asio::io_context ioc;
+  PoolConfig config = batching(3, 10s);
+  config.health_interval = 10ms;
+  config.health_timeout = 50ms;
+  IntPool pool(ioc, config, scripted_loader(std::make_shared<LoadScript>()),
+               batched([](Model&, std::span<int> requests) -> asio::awaitable<std::vector<outcome<int>>> {
+                 std::this_thread::sleep_for(300ms);  // blocks its thread: no pong meanwhile
+                 co_return std::vector<outcome<int>>(requests.begin(), requests.end());
+               }));
+  std::vector<Outcome> out(3);
+  asio::co_spawn(ioc,
+                 shutdown_after(pool,
+                                [&]() -> asio::awaitable<void> {
+                                  co_await pool.wait_for_workers("bert");
+                                  for (int i = 0; i < 2; ++i) {
+                                    asio::co_spawn(ioc, submit_recording(pool, i, {}, out[i]), asio::detached);
+                                  }
+                                  co_await submit_recording(pool, 2, {}, out[2]);
+                                  co_await eventually([&] { return out[0].completions + out[1].completions == 2; });
+                                }),
+                 asio::detached);
+  // Two threads: the sweep runs on one while the batch blocks the other.
+  REQUIRE(run_until_idle(ioc, 2));
+  for (auto& o : out) {
+    CHECK(o.completions == 1);
+    CHECK(o.error == errc::worker_lost);
+  }
+  CHECK(pool.stats().keys.at("bert").deaths >= 1);
+}
+
+TEST_CASE("a worker told to stop while its batch waits for more starts the batch at once", "[batching][faults]") {
+  asio::io_context ioc;
+  std::vector<std::vector<int>> batches;
+  IntPool pool(ioc, batching(8, 10s), scripted_loader(std::make_shared<LoadScript>()),
+               batched(recording_batch(batches)));
+  Outcome lone;
+  asio::co_spawn(ioc,
+                 shutdown_after(pool,
+                                [&]() -> asio::awaitable<void> {
+                                  co_await pool.wait_for_workers("bert");
+                                  asio::co_spawn(ioc, submit_recording(pool, 5, {}, lone), asio::detached);
+                                  co_await pause(20ms);  // it waits in a batch, for 10 s at most
+                                  CHECK(lone.completions == 0);
+                                  co_await pool.async_evict("bert", asio::use_awaitable);
+                                }),
+                 asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(lone.value == 6);
+  CHECK(lone.took < 5s);
+  CHECK(batches == std::vector<std::vector<int>>{{5}});
 }
 
 TEST_CASE("batching without a batch handler, or out of range, is refused at construction", "[batching]") {

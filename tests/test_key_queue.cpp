@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -801,4 +802,49 @@ TEST_CASE("deadline index: the earliest deadline always, in order or not, throug
   index.clear_and_dispose([&](request_base*) { ++disposed; });
   CHECK(disposed == in.size());
   CHECK(index.empty());
+}
+
+TEST_CASE("key queue: a batch fills in the levels' stride order, and arrivals join it while it has room",
+          "[key_queue][batching]") {
+  fixture f(key_queue::settings{1000, 1h, pool_clock::duration::max(), default_weights});
+  auto w = f.worker();
+  f.queue.set_batching(*w, 16, pool_clock::duration::zero());
+  std::vector<probe_ptr> requests;
+  for (int round = 0; round < 8; ++round) {
+    for (std::uint8_t level = 0; level < 5; ++level) {
+      requests.push_back(make_request(level));
+      f.submit(requests.back());
+    }
+  }
+  REQUIRE(f.queue.fill_batch(*w));
+  std::array<int, 5> taken{};
+  {
+    const request_base* handling = nullptr;
+    auto units = f.queue.start_batch(*w, pool_clock::now(), handling);
+    REQUIRE(units.size() == 16);
+    CHECK(handling == units.front().get());
+    for (auto& u : units) ++taken[u->priority];
+    // 16 turns of weights 8:4:2:1:1, every level waiting: its shares exactly.
+    CHECK(taken == std::array<int, 5>{8, 4, 2, 1, 1});
+    std::vector<char> none(units.size(), 0);
+    std::vector<std::pair<std::size_t, request_ptr>> deliveries;
+    CHECK(f.queue.finish_batch(*w, units, none, none, false, false, pool_clock::now(), deliveries));
+    CHECK(deliveries.size() == 16);  // every caller's answer claimed once
+  }
+  // The next batch takes the rest of the queue (24, up to 16), then collects:
+  // nothing is queued, and an arrival joins it instead.
+  const request_base* handling = nullptr;
+  auto second = f.queue.start_batch(*w, pool_clock::now(), handling);
+  CHECK(second.size() == 16);
+  std::vector<char> none(second.size(), 0);
+  std::vector<std::pair<std::size_t, request_ptr>> deliveries;
+  CHECK(f.queue.finish_batch(*w, second, none, none, false, false, pool_clock::now(), deliveries));
+  CHECK(f.queue.queued() == 0);  // the last 8 are in the third batch, which has room
+  auto late = make_request(4);
+  f.submit(late);
+  CHECK(f.queue.queued() == 0);
+  auto third = f.queue.start_batch(*w, pool_clock::now(), handling);
+  CHECK(third.size() == 9);
+  CHECK(third.back().get() == late.get());
+  for (auto& r : requests) CHECK(r->completions == 0);  // answers are the worker's to deliver, not the queue's
 }

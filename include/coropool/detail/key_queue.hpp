@@ -197,6 +197,14 @@ class key_queue {
       intrusive_ptr_add_ref(run);  // the runs_ map's, until the run ends
     }
     run->deadline = std::max(run->deadline, deadline);
+    if (result.joined && run->state == request_base::phase::in_flight) {
+      // The run waits in a batch that collects: it may have to start before it would.
+      worker_record& c = *run->worker;
+      if (c.queue.collecting && c.queue.go_at != clock::time_point::max() &&
+          latest_start(deadline, c.queue.batch_delay) < c.queue.go_at) {
+        result.nudge = {c.shared_from_this(), c.queue.collect_gen};
+      }
+    }
     r->state = request_base::phase::attached;
     r->run = run;
     run->coalesced().callers.push_back(*r);
@@ -213,10 +221,39 @@ class key_queue {
   /// which are served alone). A unit that ends in the batch (cancelled, past
   /// its deadline) stays there, done, and is left out when the batch starts.
 
-  /// Makes `w` a batching worker of batches up to `limit`, before it first takes a request.
-  void set_batch_limit(worker_record& w, std::size_t limit) {
+  /// Makes `w` a batching worker (batches up to `limit`, waiting up to
+  /// `delay` for more), before it first takes a request.
+  void set_batching(worker_record& w, std::size_t limit, clock::duration delay) {
     std::lock_guard lock(mutex_);
     w.queue.batch_limit = limit;
+    w.queue.batch_delay = delay;
+  }
+
+  /// `w` is to stop once its batch is done: no arrival joins it any more,
+  /// and a wait for more ends now (the caller nudges the worker).
+  std::pair<worker_ptr, std::uint64_t> stop_collecting(worker_record& w) {
+    std::lock_guard lock(mutex_);
+    std::pair<worker_ptr, std::uint64_t> nudge;
+    if (w.queue.collecting && w.queue.go_at != clock::time_point::max()) {
+      nudge = {w.shared_from_this(), w.queue.collect_gen};
+    }
+    stop_collecting_locked(w);
+    return nudge;
+  }
+
+  /// A worker's coroutine has ended: what it still holds (a batch it
+  /// refilled before its stop was seen, or held when it was cancelled) is
+  /// claimed, each counted with `ec`, for the caller to complete; it leaves
+  /// the collectors. Unlike claim_current(), nothing counts against the
+  /// breaker: the pool stopped it.
+  std::vector<request_ptr> release_held(worker_record& w, error_code ec) {
+    std::vector<request_ptr> lost;
+    std::lock_guard lock(mutex_);
+    stop_collecting_locked(w);
+    for (auto& u : std::exchange(w.queue.batch, {})) claim_unit_locked(*u, lost, ec);
+    w.queue.batch_started = false;
+    if (w.queue.current) claim_unit_locked(*std::exchange(w.queue.current, nullptr), lost, ec);
+    return lost;
   }
 
   /// Tops up `w`'s batch from the queue, up to its limit, in the order the
@@ -248,10 +285,7 @@ class key_queue {
     // batch does not wait into the last `delay` before any of its deadlines.
     clock::time_point go = deadline_after(w.queue.batch_first, delay);
     for (auto& u : w.queue.batch) {
-      if (u->state != request_base::phase::done && u->deadline != clock::time_point::max()) {
-        go = std::min(go,
-                      u->deadline > clock::time_point::min() + delay ? u->deadline - delay : clock::time_point::min());
-      }
+      if (u->state != request_base::phase::done) go = std::min(go, latest_start(earliest_deadline_locked(*u), delay));
     }
     if (go <= now) return now;
     w.queue.go_at = go;
@@ -279,6 +313,7 @@ class key_queue {
     }
     w.queue.batch_started = true;
     handling = w.queue.batch.front().get();
+    if (live.front()->streamed) return live;  // served alone, by the stream handler: not a batch
     ++counters_.batches;
     if (batch_sizes_.size() <= live.size()) batch_sizes_.resize(live.size() + 1);
     ++batch_sizes_[live.size()];
@@ -301,7 +336,10 @@ class key_queue {
     {
       std::lock_guard lock(mutex_);
       if (batch_error) {
-        breaker_.record(batch_failure, now);
+        breaker_.record(batch_failure, now);  // one outcome: the half-open probes among its units end without theirs
+        for (auto& u : units) {
+          if (u->probe) breaker_.release_probe(std::exchange(u->probe, 0));
+        }
       } else {
         for (char f : failures) breaker_.record(f != 0, now);
       }
@@ -431,6 +469,7 @@ class key_queue {
       stop_collecting_locked(w);
       for (auto& u : std::exchange(w.queue.batch, {})) claim_unit_locked(*u, lost, ec);
       w.queue.batch_started = false;
+      w.shared.state.transition(worker_state::ready);  // holds nothing (refused quietly once it is evicting)
       if (ec == errc::request_timeout) counters_.expired_in_handler += lost.size();
       return lost;
     }
@@ -469,6 +508,7 @@ class key_queue {
         } else if (r.state == request_base::phase::attached && r.run->state == request_base::phase::in_flight) {
           holder = r.run->worker;
         }
+        if (holder && holder->queue.batch_limit && !holder->queue.batch_started) holder = nullptr;  // still collecting
         ++(holder ? counters_.expired_in_handler : counters_.expired_before_dispatch);
         claim_locked(r);
         // Nobody waits for that handler any more: it is told.
@@ -538,6 +578,19 @@ class key_queue {
     std::lock_guard lock(mutex_);
     draining_ = true;
     return owners_of_all_idle_locked();
+  }
+
+  /// Shutdown or evict(): the batches waiting for more start now, and take
+  /// no arrival from here on (a closed key takes none; an evicted one's are
+  /// for the next wave). Returns the waits to end (nudge_collector).
+  std::vector<std::pair<worker_ptr, std::uint64_t>> end_collecting() {
+    std::vector<std::pair<worker_ptr, std::uint64_t>> nudges;
+    std::lock_guard lock(mutex_);
+    for (worker_record* w : std::exchange(collectors_, {})) {
+      w->queue.collecting = false;
+      if (w->queue.go_at != clock::time_point::max()) nudges.emplace_back(w->shared_from_this(), w->queue.collect_gen);
+    }
+    return nudges;
   }
 
   void stop_draining() {
@@ -791,7 +844,7 @@ class key_queue {
     hand_locked(unit, c, now);
     if (c.queue.batch.size() >= c.queue.batch_limit) {
       stop_collecting_locked(c);
-    } else if (!(unit.deadline < c.queue.go_at)) {
+    } else if (!(latest_start(unit.deadline, c.queue.batch_delay) < c.queue.go_at)) {
       return;
     }
     if (c.queue.go_at != clock::time_point::max()) result.nudge = {c.shared_from_this(), c.queue.collect_gen};
@@ -801,7 +854,7 @@ class key_queue {
   void start_collecting_locked(worker_record& w) {
     if (w.queue.batch_limit <= 1 || w.queue.collecting || w.queue.batch_started) return;
     if (w.queue.batch.empty() || w.queue.batch.size() >= w.queue.batch_limit || w.queue.batch.front()->streamed) return;
-    if (closed_ || w.shared.stop_requested.load(std::memory_order_relaxed)) return;
+    if (closed_ || draining_ || w.shared.stop_requested.load(std::memory_order_relaxed)) return;
     w.queue.collecting = true;
     collectors_.push_back(&w);
   }
@@ -817,7 +870,24 @@ class key_queue {
       if (!w.queue.batch.empty() && w.queue.batch.front()->streamed) break;
       if (!take_locked(w, now, expired)) break;
     }
-    start_collecting_locked(w);
+    // Only with nothing queued (a stream left at the head): arrivals must not pass what waits.
+    if (queued_ == 0) start_collecting_locked(w);
+  }
+
+  /// The latest instant a batch holding a request due at `deadline` may
+  /// start: `delay` before it (see BatchConfig), or never for max().
+  static clock::time_point latest_start(clock::time_point deadline, clock::duration delay) {
+    if (deadline == clock::time_point::max()) return deadline;
+    return deadline > clock::time_point::min() + delay ? deadline - delay : clock::time_point::min();
+  }
+
+  /// A unit's earliest deadline: a run's is that of its earliest caller
+  /// (its own `deadline` is the latest).
+  static clock::time_point earliest_deadline_locked(request_base& unit) {
+    if (!unit.is_run) return unit.deadline;
+    clock::time_point earliest = clock::time_point::max();
+    for (auto& c : unit.coalesced().callers) earliest = std::min(earliest, c.deadline);
+    return earliest;
   }
 
   /// The request that names the handler `w` runs, if nobody waits for that

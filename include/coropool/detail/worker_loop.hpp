@@ -170,7 +170,7 @@ class worker_loop {
                                         "coropool: batching_for_key gave a BatchConfig out of range");
     }
     Model model = co_await load(w->key->name);  // owned until the worker ends
-    w->key->queue.set_batch_limit(*w, policy.max_batch_size);
+    w->key->queue.set_batching(*w, policy.max_batch_size, policy.max_batch_delay);
     w->own.batch_timer.emplace(w->strand);
     core->worker_loaded(w);
     answer_sender<entry_type, Response> answers;

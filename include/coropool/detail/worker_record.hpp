@@ -84,6 +84,7 @@ struct worker_record : std::enable_shared_from_this<worker_record> {
     clock::time_point idle_since;  // when it parked
     // Batching (a pool with a batch handler; see key_queue, "Batching").
     std::size_t batch_limit = 0;     // its max_batch_size; 0: it serves one request at a time (`current`)
+    clock::duration batch_delay{};   // its max_batch_delay
     std::vector<request_ptr> batch;  // its units, from the first that joined until they are answered
     bool collecting = false;         // among the key's collectors: arrivals join its batch
     bool batch_started = false;      // its handler runs: nothing joins any more

@@ -93,6 +93,12 @@ COROPOOL_DECL void pool_core::on_exit(const std::shared_ptr<worker_record>& w, c
     log_->error("coropool: key '{}' worker {} died: {}", k.name, w->id, spawn_error::describe(e));
     k.gauges.deaths.fetch_add(1, std::memory_order_relaxed);
     fail_current(*w, errc::worker_lost);
+  } else {
+    // What a stopped worker still holds (a batch it refilled before its stop
+    // was seen, or held when its coroutine was cancelled) is its callers' still.
+    const errc because = w->shared.cancelled_because.load(std::memory_order_acquire);
+    const error_code ec = because != errc{} ? make_error_code(because) : make_error_code(errc::worker_lost);
+    for (auto& lost : k.queue.release_held(*w, ec)) lost->fail(ec, nullptr);
   }
   if (k.spawn.loading == 0 && k.gauges.ready_workers.load(std::memory_order_relaxed) == 0) {
     // Nobody is left to serve this key's requests, nor about to be.
@@ -134,6 +140,8 @@ COROPOOL_DECL void pool_core::stop_gracefully(const std::shared_ptr<worker_recor
   w->shared.stop_requested.store(true, std::memory_order_release);
   w->shared.state.begin_eviction();
   if (auto parked = w->key->queue.release_idle(*w)) stop_parked({std::move(parked)});
+  auto nudge = w->key->queue.stop_collecting(*w);  // a batch waiting for more starts now
+  key_queue::nudge_collector(nudge);
   retire(w);
 }
 

@@ -32,8 +32,9 @@ void pool_core::start_submit(boost::intrusive_ptr<Op> op, const std::string& key
                            : k.queue.enqueue(r, wait_for_room, options);
   if (admitted.refused) return r->fail(admitted.refused, nullptr);
   if (admitted.wake) return admitted.wake->complete(std::move(admitted.handed));
-  if (admitted.joined) return;  // attached to a run already there: nothing new waits
-  if (admitted.collected) return key_queue::nudge_collector(admitted.nudge);  // in a batch: no worker is missing
+  key_queue::nudge_collector(admitted.nudge);
+  if (admitted.joined) return;     // attached to a run already there: nothing new waits
+  if (admitted.collected) return;  // in a batch: no worker is missing
   // Queued: a cold key, or a busy one with room to grow, needs the strand's
   // attention (one post at a time per key; attend() lowers the flag).
   if ((k.gauges.ready_workers.load(std::memory_order_relaxed) == 0 ||
