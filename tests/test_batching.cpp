@@ -48,9 +48,10 @@ struct Outcome {
   int completions = 0;
 };
 
-asio::awaitable<void> submit_recording(IntPool& pool, int request, SubmitOptions options, Outcome& out) {
+asio::awaitable<void> submit_recording(IntPool& pool, int request, SubmitOptions options, Outcome& out,
+                                       std::string key = "bert") {
   const auto start = clock::now();
-  auto [e, v] = co_await pool.async_submit("bert", request, options, asio::as_tuple(asio::use_awaitable));
+  auto [e, v] = co_await pool.async_submit(std::move(key), request, options, asio::as_tuple(asio::use_awaitable));
   out.took = clock::now() - start;
   out.error = error_of(e);
   try {
@@ -415,6 +416,137 @@ TEST_CASE("a worker told to stop while its batch waits for more starts the batch
   CHECK(lone.value == 6);
   CHECK(lone.took < 5s);
   CHECK(batches == std::vector<std::vector<int>>{{5}});
+}
+
+TEST_CASE("an item cancelled while queued leaves the queue and is never in a batch", "[batching][faults]") {
+  asio::io_context ioc;
+  Gate gate(ioc.get_executor());
+  std::vector<std::vector<int>> batches;
+  IntPool pool(ioc, batching(4, clock::duration::zero()), scripted_loader(std::make_shared<LoadScript>()),
+               batched([&](Model&, std::span<int> requests) -> asio::awaitable<std::vector<outcome<int>>> {
+                 batches.emplace_back(requests.begin(), requests.end());
+                 co_await gate.pass();
+                 co_return std::vector<outcome<int>>(requests.begin(), requests.end());
+               }));
+  asio::cancellation_signal cancel;
+  Outcome first, cancelled, kept;
+  asio::co_spawn(ioc,
+                 shutdown_after(pool,
+                                [&]() -> asio::awaitable<void> {
+                                  co_await pool.wait_for_workers("bert");
+                                  asio::co_spawn(ioc, submit_recording(pool, 1, {}, first), asio::detached);
+                                  co_await pause(10ms);  // 1 runs alone, held by the gate: the next ones queue
+                                  asio::co_spawn(ioc, submit_recording(pool, 2, {}, cancelled),
+                                                 asio::bind_cancellation_slot(cancel.slot(), asio::detached));
+                                  asio::co_spawn(ioc, submit_recording(pool, 3, {}, kept), asio::detached);
+                                  co_await pause(10ms);
+                                  CHECK(pool.queued_requests("bert") == 2);
+                                  cancel.emit(asio::cancellation_type::terminal);
+                                  co_await eventually([&] { return cancelled.completions == 1; });
+                                  CHECK(pool.queued_requests("bert") == 1);
+                                  gate.open();
+                                  co_await eventually([&] { return kept.completions == 1; });
+                                }),
+                 asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(cancelled.error == asio::error::operation_aborted);
+  CHECK(first.value == 1);
+  CHECK(kept.value == 3);
+  CHECK(batches == std::vector<std::vector<int>>{{1}, {3}});
+}
+
+TEST_CASE("batching_for_key sets each key's batches; one out of range fails that key's load", "[batching]") {
+  asio::io_context ioc;
+  std::vector<std::vector<int>> batches;
+  PoolConfig config = TestConfig();
+  config.batching_for_key = [](const std::string& key) {
+    BatchConfig b;
+    if (key == "bulk") {
+      b.max_batch_size = 4;
+      b.max_batch_delay = 10s;
+    } else if (key == "broken") {
+      b.max_batch_size = 0;
+    }
+    return b;
+  };
+  IntPool pool(ioc, config, scripted_loader(std::make_shared<LoadScript>()), batched(recording_batch(batches)));
+  std::vector<Outcome> bulk(4), solo(2);
+  error_code broken;
+  asio::co_spawn(
+      ioc,
+      shutdown_after(pool,
+                     [&]() -> asio::awaitable<void> {
+                       co_await pool.wait_for_workers("bulk");
+                       for (int i = 0; i < 4; ++i) {
+                         asio::co_spawn(ioc, submit_recording(pool, 10 + i, {}, bulk[i], "bulk"), asio::detached);
+                       }
+                       co_await eventually([&] { return bulk[3].completions == 1; });
+                       co_await pool.wait_for_workers("solo");
+                       for (int i = 0; i < 2; ++i) {
+                         asio::co_spawn(ioc, submit_recording(pool, 20 + i, {}, solo[i], "solo"), asio::detached);
+                       }
+                       co_await eventually([&] { return solo[1].completions == 1; });
+                       auto [e] =
+                           co_await pool.async_wait_for_workers("broken", 5s, asio::as_tuple(asio::use_awaitable));
+                       broken = e;
+                     }),
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  for (int i = 0; i < 4; ++i) CHECK(bulk[i].value == 11 + i);
+  for (int i = 0; i < 2; ++i) CHECK(solo[i].value == 21 + i);
+  CHECK(pool.stats().keys.at("bulk").batch_sizes.at(4) == 1);  // one batch of four
+  CHECK(pool.stats().keys.at("solo").batch_sizes.at(1) == 2);  // the default: no batching
+  CHECK(broken == errc::spawn_failed);
+}
+
+TEST_CASE("memory eviction never takes a worker in a batch: a spawn that needs its memory fails, the batch completes",
+          "[batching][faults][memory]") {
+  asio::io_context ioc;
+  Gate gate(ioc.get_executor());
+  PoolConfig config = batching(3, 10s);
+  config.memory_budget = 100;
+  config.worker_footprint = [](const std::string&) { return std::uint64_t{100}; };  // one worker fits
+  IntPool pool(ioc, config, scripted_loader(std::make_shared<LoadScript>()),
+               batched([&](Model&, std::span<int> requests) -> asio::awaitable<std::vector<outcome<int>>> {
+                 co_await gate.pass();
+                 co_return std::vector<outcome<int>>(requests.begin(), requests.end());
+               }));
+  std::vector<Outcome> held(3);
+  Outcome other;
+  asio::co_spawn(ioc,
+                 shutdown_after(pool,
+                                [&]() -> asio::awaitable<void> {
+                                  co_await pool.wait_for_workers("bert");
+                                  for (int i = 0; i < 3; ++i) {
+                                    asio::co_spawn(ioc, submit_recording(pool, i, {}, held[i]), asio::detached);
+                                  }
+                                  co_await pause(10ms);  // a full batch runs, held by the gate
+                                  SubmitOptions patient;
+                                  patient.timeout = 10s;
+                                  asio::co_spawn(
+                                      ioc,
+                                      [&]() -> asio::awaitable<void> {
+                                        auto [e, v] = co_await pool.async_submit("gpt", 7, patient,
+                                                                                 asio::as_tuple(asio::use_awaitable));
+                                        other.error = error_of(e);
+                                        other.value = v;
+                                        ++other.completions;
+                                      },
+                                      asio::detached);
+                                  // bert's worker holds a batch: not idle, not evicted, and gpt does not fit.
+                                  co_await eventually([&] { return other.completions == 1; });
+                                  CHECK(held[0].completions == 0);
+                                  gate.open();
+                                  co_await eventually([&] { return held[2].completions == 1; });
+                                }),
+                 asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  for (int i = 0; i < 3; ++i) {
+    CHECK(held[i].completions == 1);
+    CHECK(held[i].value == i);
+  }
+  CHECK(other.error == errc::memory_exhausted);
+  CHECK(pool.stats().keys.at("bert").evictions == 0);
 }
 
 TEST_CASE("batching without a batch handler, or out of range, is refused at construction", "[batching]") {
