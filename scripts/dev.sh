@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # coropool's one entry point on a fresh Debian 12 machine:
+#   scripts/dev.sh serve     install what is missing, build, train the demo models, serve them on
+#                            127.0.0.1:8000 (the model server; Ctrl-C drains and stops it)
 #   scripts/dev.sh example   install what is missing, build, run the main example
 #   scripts/dev.sh test      install what is missing, build, run every test
 #   scripts/dev.sh deps      only install what is missing
@@ -9,7 +11,10 @@ cd "$(dirname "$0")/.."
 
 # libclang-rt-14-dev holds clang's sanitizer and libFuzzer runtimes, which clang only recommends.
 # time is /usr/bin/time, which benchmarks/compile_cost.sh measures with (not in minimal images).
-packages=(cmake ninja-build g++ clang libclang-rt-14-dev clang-format doxygen git libboost1.81-dev libspdlog-dev catch2 time)
+# The model server (examples/model_server) adds Boost.JSON, Boost.Program_options and fastText,
+# and its tests curl, jq and wrk.
+packages=(cmake ninja-build g++ clang libclang-rt-14-dev clang-format doxygen git libboost1.81-dev libspdlog-dev catch2 time
+  libboost-json1.81-dev libboost-program-options1.81-dev libfasttext-dev curl jq wrk)
 
 install_missing() {
   local missing=()
@@ -30,6 +35,28 @@ case "${1:-}" in
   deps)
     install_missing
     ;;
+  serve)
+    install_missing
+    cmake --preset dev
+    cmake --build --preset dev --target model_server
+    server=build/dev/examples/model_server/model_server
+    models=build/models
+    "$server" --train-demo --model-dir "$models"
+    shift
+    cat <<'EOF'
+
+Try, from another terminal:
+  curl -s localhost:8000/v2/health/ready
+  curl -s -X POST localhost:8000/v2/repository/index | jq
+  curl -s -X POST localhost:8000/v2/models/sentiment/infer \
+    -d '{"inputs":[{"name":"text","datatype":"BYTES","shape":[2],"data":["i loved it","a waste of time"]}]}' | jq
+  curl -s -N -X POST localhost:8000/v2/models/topic/generate_stream -d '{"text_input":"rain all day\nthe team won"}'
+  curl -s localhost:8000/metrics | grep model_server_http
+Ctrl-C drains and stops the server.
+
+EOF
+    exec "$server" --model-dir "$models" --warm sentiment "$@"
+    ;;
   example)
     install_missing
     cmake --preset dev
@@ -43,7 +70,7 @@ case "${1:-}" in
     ctest --preset dev
     ;;
   *)
-    echo "usage: $0 example|test|deps" >&2
+    echo "usage: $0 serve|test|example|deps" >&2
     exit 2
     ;;
 esac
