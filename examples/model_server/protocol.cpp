@@ -12,6 +12,14 @@ namespace {
 
 constexpr const char* known_outputs[] = {"labels", "probabilities", "vector"};
 
+// An integer of `v`, or nullopt when it is not one that fits.
+std::optional<std::int64_t> integer(const json::value& v) {
+  boost::system::error_code ec;
+  const auto n = v.to_number<std::int64_t>(ec);
+  if (ec || !(v.is_int64() || v.is_uint64())) return std::nullopt;
+  return n;
+}
+
 // Reads `parameters`, when there is one; KServe lets a request carry others, which are ignored.
 std::string read_parameters(const json::object& body, RequestParameters& out) {
   const json::value* p = body.if_contains("parameters");
@@ -19,22 +27,23 @@ std::string read_parameters(const json::object& body, RequestParameters& out) {
   if (!p->is_object()) return "\"parameters\" must be an object";
   const json::object& params = p->get_object();
   if (const json::value* t = params.if_contains("timeout")) {
-    if (!t->is_int64() && !t->is_uint64()) return "\"parameters.timeout\" must be an integer (microseconds)";
-    const auto us = t->to_number<std::int64_t>();
-    if (us <= 0) return "\"parameters.timeout\" must be positive (microseconds)";
-    out.timeout = std::chrono::microseconds(us);
+    const auto us = integer(*t);
+    // A day at most: longer would overflow the clock's nanoseconds long before it meant anything.
+    if (!us || *us <= 0 || *us > 86'400'000'000) {
+      return "\"parameters.timeout\" must be a positive integer of microseconds, at most a day";
+    }
+    out.timeout = std::chrono::microseconds(*us);
   }
   if (const json::value* pr = params.if_contains("priority")) {
-    if (!pr->is_int64() && !pr->is_uint64()) return "\"parameters.priority\" must be an integer (0 is the highest)";
-    const auto level = pr->to_number<std::int64_t>();
-    if (level < 0 || level > 1000) return "\"parameters.priority\" must be a priority level (0 is the highest)";
-    out.priority = static_cast<unsigned>(level);
+    const auto level = integer(*pr);
+    if (!level || *level < 0 || *level > 1000)
+      return "\"parameters.priority\" must be a priority level (0 is the highest)";
+    out.priority = static_cast<unsigned>(*level);
   }
   if (const json::value* k = params.if_contains("top_k")) {
-    if (!k->is_int64() && !k->is_uint64()) return "\"parameters.top_k\" must be an integer";
-    const auto top = k->to_number<std::int64_t>();
-    if (top < 1 || top > 100) return "\"parameters.top_k\" must be between 1 and 100";
-    out.top_k = static_cast<int>(top);
+    const auto top = integer(*k);
+    if (!top || *top < 1 || *top > 100) return "\"parameters.top_k\" must be an integer between 1 and 100";
+    out.top_k = static_cast<int>(*top);
   }
   return {};
 }
@@ -95,10 +104,11 @@ Parsed<ParsedInfer> parse_infer(std::string_view body) {
   }
   std::int64_t elements = 1;
   for (const json::value& d : shape->get_array()) {
-    if (!d.is_int64() && !d.is_uint64()) return {std::nullopt, "the input's \"shape\" must hold integers"};
-    const auto n = d.to_number<std::int64_t>();
-    if (n < 0 || n > 1'000'000) return {std::nullopt, "the input's \"shape\" has a dimension out of range"};
-    elements *= n;
+    const auto n = integer(d);
+    if (!n || *n < 0 || *n > 1'000'000) {
+      return {std::nullopt, "the input's \"shape\" must hold integers from 0 to 1000000"};
+    }
+    elements *= *n;
     if (elements > 1'000'000) return {std::nullopt, "the input's \"shape\" is too large"};
   }
   const json::value* data = in.if_contains("data");

@@ -51,6 +51,8 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 namespace model_server {
 namespace {
 
@@ -84,9 +86,11 @@ struct Core {
 /// What the drain needs to reach a connection: touched only on the connection's strand.
 struct Connection {
   asio::any_io_executor executor;
-  beast::tcp_stream* stream = nullptr;  // null once the connection's coroutine has ended
-  bool reading = false;                 // waiting for a request
-  bool closing = false;                 // answer what is in hand, then close
+  beast::tcp_stream* stream = nullptr;  // null once the connection's coroutine is ending
+  beast::flat_buffer* buffer = nullptr;
+  http::request_parser<http::string_body>* parser = nullptr;
+  bool reading = false;  // waiting for a request's header
+  bool closing = false;  // answer what is in hand, then close
 };
 
 Reply make_reply(http::status status, std::string body, std::string_view content_type = "application/json") {
@@ -146,6 +150,10 @@ class Server {
         return 2;
       }
     }
+    // The signals are caught before the port is announced: a script that
+    // sends SIGTERM as soon as it knows the port gets the drain.
+    asio::signal_set signals(cores_[0]->control, SIGINT, SIGTERM);
+    signals_ = &signals;
     if (!listen()) return 1;
     std::cout << "model_server: serving http://" << options_.address << ":" << port_ << " with the models of "
               << options_.model_dir.string() << " (" << cores_.size() << " core(s) of " << options_.threads
@@ -154,8 +162,9 @@ class Server {
       std::ofstream(options_.port_file + ".partial") << port_ << "\n";
       std::filesystem::rename(options_.port_file + ".partial", options_.port_file);
     }
-    asio::signal_set signals(cores_[0]->control, SIGINT, SIGTERM);
-    signals_ = &signals;
+    // Every io_context runs until finish(): a core whose own work is done may
+    // still be called by another core's load or unload.
+    for (auto& core : cores_) keep_running_.emplace_back(asio::make_work_guard(core->ioc));
     wait_for_signal();
     for (auto& core : cores_) asio::co_spawn(core->control, accept_loop(*core), asio::detached);
 
@@ -185,7 +194,14 @@ class Server {
     c.batching.max_batch_size = options_.max_batch_size;
     c.batching.max_batch_delay = options_.max_batch_delay;
     c.compute_executor = compute_.get_executor();
-    c.memory_budget = options_.memory_budget / cores;  // each core its share; 0 stays the pool's default
+    // Each core its share of the budget; with none given, of the pool's own
+    // default (80 % of physical memory), which each pool would otherwise take whole.
+    std::uint64_t budget = options_.memory_budget;
+    if (budget == 0 && cores > 1) {
+      budget = static_cast<std::uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
+               static_cast<std::uint64_t>(::sysconf(_SC_PAGE_SIZE)) / 5 * 4;
+    }
+    c.memory_budget = budget / cores;
     const auto dir = options_.model_dir;
     c.worker_footprint = [dir](const std::string& key) -> std::uint64_t {
       std::error_code ec;  // a loaded fastText model takes about its file's size
@@ -404,8 +420,18 @@ class Server {
     return {};
   }
 
-  // Answers everything but generate_stream.
+  // Answers everything but generate_stream; whatever throws is a 500, answered.
   asio::awaitable<Reply> answer(Core& core, const Routed& route, const HttpRequest& req) {
+    std::string failure;
+    try {
+      co_return co_await answer_route(core, route, req);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    co_return error_reply(http::status::internal_server_error, "the server failed: " + failure);
+  }
+
+  asio::awaitable<Reply> answer_route(Core& core, const Routed& route, const HttpRequest& req) {
     const std::string& name = route.model;
     if (route.endpoint == "metrics") {
       co_return make_reply(http::status::ok, coropool::to_prometheus(stats()) + metrics_.render(),
@@ -474,6 +500,9 @@ class Server {
       }
       co_return pool_error_reply(error, name);
     }
+    if ((route.endpoint == "load" || route.endpoint == "unload") && draining_) {
+      co_return error_reply(http::status::service_unavailable, "the server is shutting down");
+    }
     if (route.endpoint == "load") {
       std::exception_ptr error;
       try {
@@ -539,6 +568,12 @@ class Server {
     if (!model_exists(name)) co_return error_reply(http::status::not_found, "no model named '" + name + "'");
     auto parsed = parse_generate(req.body());
     if (!parsed.value) co_return error_reply(http::status::bad_request, parsed.error);
+    // submit_stream waits for room; a server answers a full queue at once,
+    // as infer's try_submit does (best effort: the queue may fill meanwhile).
+    if (core.pool->queued_requests(name) >= options_.queue_capacity) {
+      co_return pool_error_reply(std::make_exception_ptr(boost::system::system_error(coropool::errc::queue_full)),
+                                 name);
+    }
     const std::vector<std::string> texts = parsed.value->request.texts;
     // The request's timeout covers the wait for its first event (the pool's
     // own deadline ends with the queue: a stream a worker has started runs to
@@ -574,12 +609,14 @@ class Server {
     }
     if (error) co_return pool_error_reply(error, name);
 
+    // HTTP/1.0 has no chunks: its events are the body, ended by closing.
+    const bool chunked = req.version() >= 11;
     http::response<http::empty_body> head{http::status::ok, req.version()};
     head.set(http::field::server, "coropool-model-server");
     head.set(http::field::content_type, "text/event-stream");
     head.set(http::field::cache_control, "no-cache");
-    head.keep_alive(keep_alive);
-    head.chunked(true);
+    head.keep_alive(keep_alive && chunked);
+    head.chunked(chunked);
     metrics_.record(route.endpoint, 200, std::chrono::duration<double>(clock::now() - start).count());
     http::response_serializer<http::empty_body> serializer{head};
     stream.expires_after(options_.client_timeout);
@@ -587,6 +624,10 @@ class Server {
 
     auto send = [&](const std::string& event) -> asio::awaitable<void> {
       stream.expires_after(options_.client_timeout);
+      if (!chunked) {
+        co_await asio::async_write(stream, asio::buffer(event), asio::use_awaitable);
+        co_return;
+      }
       const auto chunk = http::make_chunk(asio::buffer(event));
       co_await asio::async_write(stream, chunk, asio::use_awaitable);
     };
@@ -610,9 +651,11 @@ class Server {
     const std::string last_event = error ? "event: error\ndata: " + pool_error_reply(error, name).body() + "\n\n"
                                          : "event: end\ndata: " + end_event_json(name, index) + "\n\n";
     co_await send(last_event);
-    stream.expires_after(options_.client_timeout);
-    const auto last = http::make_chunk_last();  // named: GCC 12 mishandles temporaries in co_await
-    co_await asio::async_write(stream, last, asio::use_awaitable);
+    if (chunked) {
+      stream.expires_after(options_.client_timeout);
+      const auto last = http::make_chunk_last();  // named: GCC 12 mishandles temporaries in co_await
+      co_await asio::async_write(stream, last, asio::use_awaitable);
+    }
     co_return std::nullopt;
   }
 
@@ -650,7 +693,9 @@ class Server {
   asio::awaitable<void> accept_loop(Core& core) {
     for (;;) {
       auto [ec, socket] = co_await core.acceptor.async_accept(asio::make_strand(core.ioc), use_tuple);
-      if (!core.acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
+      // A connection accepted as the drain closed the acceptor is served
+      // still (with `Connection: close`), not reset.
+      if (ec == asio::error::operation_aborted || (ec && !core.acceptor.is_open())) co_return;
       if (ec) {
         // Out of descriptors, or the like: wait a little rather than spin.
         asio::steady_timer pause(core.control, std::chrono::milliseconds(50));
@@ -700,17 +745,28 @@ class Server {
     beast::flat_buffer buffer;
     bool linger_after = false;
     try {
-      for (bool first = true;; first = false) {
-        if (self->closing || (draining_ && !first)) break;
+      for (;;) {
+        // Draining, a connection keeps only a request it has begun to send.
+        if ((self->closing || draining_) && buffer.size() == 0) {
+          linger_after = true;
+          break;
+        }
         http::request_parser<http::string_body> parser;
         parser.body_limit(options_.max_body_bytes);
         parser.header_limit(16 * 1024);
-        // A connection opened as the drain began gets a moment to send its request.
-        stream.expires_after(draining_ ? std::min<clock::duration>(options_.client_timeout, std::chrono::seconds(1))
-                                       : clock::duration(options_.client_timeout));
+        stream.expires_after(options_.client_timeout);
+        self->buffer = &buffer;
+        self->parser = &parser;
         self->reading = true;
-        auto [ec, n] = co_await http::async_read(stream, buffer, parser, use_tuple);
+        auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, use_tuple);
         self->reading = false;
+        if (!ec && parser.get()[http::field::expect] == "100-continue") {
+          // The client waits for this before it sends the body.
+          http::response<http::empty_body> go_on{http::status::continue_, 11};
+          stream.expires_after(options_.client_timeout);
+          std::tie(ec, n) = co_await http::async_write(stream, go_on, use_tuple);
+        }
+        if (!ec && !parser.is_done()) std::tie(ec, n) = co_await http::async_read(stream, buffer, parser, use_tuple);
         const auto start = clock::now();
         if (ec == http::error::body_limit) {
           co_await write_reply(
@@ -758,7 +814,7 @@ class Server {
             if (!co_await write_reply(stream, std::move(*refused), &req, keep(), route.endpoint, start)) break;
             continue;
           }
-          if (!keep()) break;
+          if (!keep() || req.version() < 11) break;
           continue;
         }
         Reply res = co_await answer(core, route, req);
@@ -767,6 +823,7 @@ class Server {
     } catch (const std::exception&) {
       // The client went away mid-answer, or stalled past client_timeout: nobody to tell.
     }
+    self->stream = nullptr;  // the drain no longer reaches it: it ends here
     if (linger_after) {
       co_await linger(stream);
     } else {
@@ -782,12 +839,16 @@ class Server {
     std::lock_guard lock(connections_mutex_);
     auto it = connections_.insert(connections_.end(), c);
     return std::shared_ptr<void>(nullptr, [this, it](void*) {
-      std::lock_guard relock(connections_mutex_);
-      connections_.erase(it);
+      {
+        std::lock_guard relock(connections_mutex_);
+        connections_.erase(it);
+      }
+      if (draining_) asio::post(cores_[0]->control, [this] { maybe_finish(); });
     });
   }
 
-  // Tells every connection to close after its answer; `now` cancels busy ones too.
+  // Tells every connection to close after its answer. A connection waiting
+  // for a request that has not begun is closed at once; `now` closes busy ones too.
   void close_connections(bool now) {
     std::lock_guard lock(connections_mutex_);
     for (const auto& weak : connections_) {
@@ -795,7 +856,9 @@ class Server {
       if (!c) continue;
       asio::post(c->executor, [c, now] {
         c->closing = true;
-        if (c->stream && (c->reading || now)) c->stream->cancel();
+        if (!c->stream) return;
+        const bool nothing_yet = c->reading && c->buffer->size() == 0 && !c->parser->got_some();
+        if (nothing_yet || now) c->stream->cancel();
       });
     }
   }
@@ -804,12 +867,15 @@ class Server {
 
   void wait_for_signal() {
     signals_->async_wait([this](const boost::system::error_code& ec, int signal) {
-      if (ec) return;  // cancelled: the pools have shut down
+      if (ec || finished_) return;  // finish() has run
       ++signals_seen_;
       if (signals_seen_ == 1) {
-        std::cout << "model_server: signal " << signal << ": not ready; accepting for "
-                  << std::chrono::duration<double>(options_.drain_grace).count() << " s more, then draining for up to "
-                  << std::chrono::duration<double>(options_.drain_timeout).count() << " s" << std::endl;
+        std::cout << "model_server: signal " << signal << ": not ready";
+        if (options_.drain_grace.count() > 0) {
+          std::cout << "; accepting for " << std::chrono::duration<double>(options_.drain_grace).count() << " s more";
+        }
+        std::cout << "; draining for up to " << std::chrono::duration<double>(options_.drain_timeout).count() << " s"
+                  << std::endl;
         begin_drain(options_.drain_timeout);
       } else {
         std::cout << "model_server: signal " << signal << " again, stopping now" << std::endl;
@@ -835,8 +901,10 @@ class Server {
   }
 
   void stop_accepting_and_drain(std::chrono::microseconds deadline) {
-    const bool first = !draining_.exchange(true);
+    const bool first = !draining_;
     if (first) {
+      pools_running_ = cores_.size();
+      draining_ = true;
       for (auto& core : cores_) {
         asio::post(core->control, [&core = *core] {
           boost::system::error_code ignored;
@@ -844,20 +912,29 @@ class Server {
         });
       }
       close_connections(false);
-      pools_running_ = cores_.size();
     }
     for (auto& core : cores_) {
       asio::co_spawn(
           core->control,
           [this, &core = *core, deadline, first]() -> asio::awaitable<void> {
             co_await core.pool->async_shutdown(deadline, use_tuple);
-            if (first && --pools_running_ == 0) {
-              // Every pool is done: nothing is left to wait for but the connections.
-              asio::post(cores_[0]->control, [this] { signals_->cancel(); });
-            }
+            if (first && --pools_running_ == 0) asio::post(cores_[0]->control, [this] { maybe_finish(); });
           },
           asio::detached);
     }
+  }
+
+  // On cores_[0]->control: once the pools are done and the last connection
+  // has ended, nothing is left to wait for; the io_contexts may run out.
+  void maybe_finish() {
+    if (finished_ || !draining_ || pools_running_ != 0) return;
+    {
+      std::lock_guard lock(connections_mutex_);
+      if (!connections_.empty()) return;
+    }
+    finished_ = true;
+    signals_->cancel();
+    for (auto& guard : keep_running_) guard.reset();
   }
 
   ServerOptions options_;
@@ -868,8 +945,10 @@ class Server {
   std::atomic<bool> draining_{false};              // from the end of drain_grace on
   std::optional<asio::steady_timer> grace_timer_;  // on cores_[0]->control
   std::atomic<std::size_t> pools_running_{0};
-  asio::signal_set* signals_ = nullptr;
+  asio::signal_set* signals_ = nullptr;  // on cores_[0]->control, as are the two below
   int signals_seen_ = 0;
+  bool finished_ = false;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> keep_running_;
   unsigned short port_ = 0;
 
   mutable std::mutex load_errors_mutex_;

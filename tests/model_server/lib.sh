@@ -11,6 +11,9 @@ server_pid=
 
 cleanup() {
   if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then kill -KILL "$server_pid" 2>/dev/null || true; fi
+  # Clients left in the background by a test that stopped early (wrk, curl).
+  local job
+  for job in $(jobs -p); do kill -KILL "$job" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -50,9 +53,17 @@ start_server() {
   base="http://127.0.0.1:$(cat "$work/port")"
 }
 
-# stop_server: SIGTERM; the server must exit 0 within 30 s.
+# stop_server: SIGTERM; the server must exit 0 within 30 s. Sets $stop_seconds.
 stop_server() {
+  local started
+  started=$(date +%s.%N)
   kill -TERM "$server_pid"
+  await_exit
+  stop_seconds=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+}
+
+# await_exit: the server (signalled already) must exit 0 within 30 s; killed otherwise.
+await_exit() {
   local code=0
   for _ in $(seq 1 300); do
     kill -0 "$server_pid" 2>/dev/null || break
@@ -72,7 +83,7 @@ stop_server() {
 ask() {
   local method=$1 path=$2 data=${3-}
   body="$work/body" headers="$work/headers"
-  local args=(-s -o "$body" -D "$headers" -w '%{http_code}' -X "$method" "$base$path")
+  local args=(-s --max-time 30 -o "$body" -D "$headers" -w '%{http_code}' -X "$method" "$base$path")
   if [ -n "$data" ]; then args+=(-H 'Content-Type: application/json' --data-binary "$data"); fi
   status=$(curl "${args[@]}") || status="curl-failed-$?"
 }
@@ -92,7 +103,7 @@ infer_body() {
 
 # metric NAME{LABELS}: the value of one series of /metrics (0 when absent).
 metric() {
-  curl -s "$base/metrics" | awk -v series="$1" '$1 == series { v = $2 } END { print (v == "" ? 0 : v) }'
+  curl -s --max-time 30 "$base/metrics" | awk -v series="$1" '$1 == series { v = $2 } END { print (v == "" ? 0 : v) }'
 }
 
 finish() {

@@ -21,7 +21,17 @@ check "no status but 200" sh -c "! grep -q 'Non-2xx' '$work/wrk.out' && test \"\
 # The server counts an answer before writing it; wrk counts it once read. When
 # wrk stops at 10 s, the requests of its 64 connections still in flight are
 # answered (and counted) by the server but not by wrk: at most 64 more.
-curl -s "$base/metrics" >"$work/metrics"
+# wrk stops with requests in flight; the server finishes them. Read /metrics
+# until two snapshots in a row agree, so that every counter has settled.
+previous=
+for _ in $(seq 1 50); do
+  curl -s --max-time 30 "$base/metrics" | grep -v -e '^model_server_http_requests_total{endpoint="metrics"' \
+    -e '^model_server_http_request_duration_seconds.*endpoint="metrics"' -e '^model_server_http_connections' >"$work/metrics"
+  [ -n "$previous" ] && cmp -s "$work/metrics" "$previous" && break
+  cp "$work/metrics" "$work/metrics.previous"
+  previous="$work/metrics.previous"
+  sleep 0.1
+done
 answered=$(awk '$1 == "model_server_http_requests_total{endpoint=\"infer\",code=\"200\"}" { print $2 }' "$work/metrics")
 other=$(awk '/^model_server_http_requests_total\{endpoint="infer"/ && !/code="200"/ { s += $2 } END { print s + 0 }' "$work/metrics")
 completed=$(awk '$1 == "coropool_requests_completed_total{key=\"sentiment\"}" { print $2 }' "$work/metrics")
