@@ -7,7 +7,8 @@ source "$(dirname "$0")/lib.sh"
 
 head -c 4096 /dev/urandom >"$models/broken.bin"
 cp "$models/sentiment.bin" "$models/hang.bin"
-start_server --warm sentiment --inject-delay hang=3600 --drain-timeout 3
+# One io_context, pool and acceptor per io thread (--io-per-core): /metrics sums the cores.
+start_server --warm sentiment --inject-delay hang=3600 --drain-timeout 3 --threads 2 --io-per-core
 lua="$(dirname "$0")/infer.lua"
 wrk -t 1 -c 16 -d 8s --timeout 10s -s "$lua" "$base/v2/models/sentiment/infer" >"$work/healthy.out" &
 healthy=$!

@@ -4,7 +4,8 @@
 # usage: soak.sh path/to/model_server
 source "$(dirname "$0")/lib.sh"
 
-start_server --warm sentiment --workers 2 --max-workers 2
+# Two io threads on one io_context: the shape with the most sharing between threads.
+start_server --warm sentiment --workers 2 --max-workers 2 --threads 2
 for _ in $(seq 1 100); do
   ask GET /v2/health/ready
   [ "$status" = 200 ] && break
