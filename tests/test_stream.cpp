@@ -195,6 +195,58 @@ TEST_CASE("a stream withdrawn while queued is never handled", "[stream]") {
   CHECK(refused == "invalid_argument");
 }
 
+TEST_CASE("try_submit_stream ends at once with queue_full when the queue is full, and streams when there is room",
+          "[stream]") {
+  asio::io_context ioc;
+  Generation g;
+  Gate gate(ioc.get_executor());
+  StreamPool pool(
+      ioc, TestConfig().stream_buffer(2).queue(1), scripted_loader(std::make_shared<LoadScript>()),
+      [&](Model&, int request) -> asio::awaitable<int> {
+        co_await gate.pass();
+        co_return request + 1;
+      },
+      counting_stream(g));
+  std::vector<int> answers, chunks;
+  std::string refused;
+  std::size_t queued_after_refusal = 99;
+  std::uint64_t rejected = 0;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        co_await pool.wait_for_workers("llm", 5s);
+        for (int i : {1, 2}) {  // 1 holds the worker, 2 fills the queue
+          pool.async_submit("llm", i, [&](std::exception_ptr, int v) { answers.push_back(v); });
+        }
+        co_await pause(2ms);
+        REQUIRE(pool.queued_requests("llm") == 1);
+        {
+          // The gate is shut: a stream that waited for room would never end.
+          auto stream = pool.try_submit_stream("llm", 3);
+          try {
+            [[maybe_unused]] auto chunk = co_await stream.next();
+          } catch (const boost::system::system_error& e) {
+            refused = e.code() == errc::queue_full ? "queue_full" : e.code().message();
+          }
+        }
+        queued_after_refusal = pool.queued_requests("llm");
+        rejected = pool.stats().keys.at("llm").rejected;
+        gate.open();
+        co_await pause(5ms);
+        auto stream = pool.try_submit_stream("llm", 3);  // room now
+        while (auto chunk = co_await stream.next()) chunks.push_back(*chunk);
+        co_await pool.async_shutdown(1s, asio::use_awaitable);
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(refused == "queue_full");
+  CHECK(queued_after_refusal == 1);  // the refused stream took no place
+  CHECK(rejected == 1);
+  CHECK(answers == std::vector<int>{2, 3});
+  CHECK(chunks == std::vector<int>{0, 1, 2});
+  CHECK(g.started == 1);
+}
+
 TEST_CASE("many streams across two threads end exactly once", "[stream][concurrency]") {
   asio::io_context ioc(2);
   Generation g;

@@ -568,12 +568,6 @@ class Server {
     if (!model_exists(name)) co_return error_reply(http::status::not_found, "no model named '" + name + "'");
     auto parsed = parse_generate(req.body());
     if (!parsed.value) co_return error_reply(http::status::bad_request, parsed.error);
-    // submit_stream waits for room; a server answers a full queue at once,
-    // as infer's try_submit does (best effort: the queue may fill meanwhile).
-    if (core.pool->queued_requests(name) >= options_.queue_capacity) {
-      co_return pool_error_reply(std::make_exception_ptr(boost::system::system_error(coropool::errc::queue_full)),
-                                 name);
-    }
     const std::vector<std::string> texts = parsed.value->request.texts;
     // The request's timeout covers the wait for its first event (the pool's
     // own deadline ends with the queue: a stream a worker has started runs to
@@ -583,8 +577,8 @@ class Server {
       bool started = false;
       bool timed_out = false;
     };
-    auto pending = std::make_shared<Pending>(Pending{
-        core.pool->submit_stream(name, std::move(parsed.value->request), submit_options(parsed.value->parameters))});
+    auto pending = std::make_shared<Pending>(Pending{core.pool->try_submit_stream(
+        name, std::move(parsed.value->request), submit_options(parsed.value->parameters))});
     asio::steady_timer first_event_limit(co_await asio::this_coro::executor,
                                          parsed.value->parameters.timeout.value_or(options_.request_timeout));
     first_event_limit.async_wait([pending](const boost::system::error_code& ec) {

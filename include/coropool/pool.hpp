@@ -568,15 +568,24 @@ class Pool {
   /// @par Thread Safety
   /// Any thread.
   Stream<Response> submit_stream(std::string key, Request request, SubmitOptions options = {}) {
-    auto state = std::make_shared<detail::stream_state<Response>>(config().stream_buffer);
-    state->register_with(core_->registry());
-    using op_type = detail::stream_request_op<Request, Response, detail::stream_state<Response>>;
-    boost::intrusive_ptr<op_type> op(new op_type(std::move(request), state));
-    detail::request_ptr r(op);
-    core_->start_submit(std::move(op), key, true, options);
-    return Stream<Response>(std::move(state), [weak_core = std::weak_ptr<detail::pool_core>(core_), r] {
-      if (auto core = weak_core.lock()) core->cancel_request(*r);
-    });
+    return open_stream(key, std::move(request), options, true);
+  }
+
+  /// submit_stream() without waiting for room: when the key's queue is full,
+  /// the stream ends at once with `errc::queue_full` (what a server answers
+  /// with 429), as try_submit() fails.
+  ///
+  /// @param key     The key; must not be empty.
+  /// @param request What `stream_handle` receives.
+  /// @param options The request's deadline (until a worker starts the
+  ///                stream) and priority.
+  /// @return The caller's end of the stream; its errors are submit_stream()'s
+  ///         and `errc::queue_full`.
+  ///
+  /// @par Thread Safety
+  /// Any thread.
+  Stream<Response> try_submit_stream(std::string key, Request request, SubmitOptions options = {}) {
+    return open_stream(key, std::move(request), options, false);
   }
 
   /// Scales `key` to `workers` workers.
@@ -745,6 +754,20 @@ class Pool {
       core->send_command(detail::command{what, std::move(key), workers, std::move(done)});
     }
   };
+
+  // submit_stream() and try_submit_stream(): a stream request, queued waiting for room or not.
+  Stream<Response> open_stream(const std::string& key, Request request, const SubmitOptions& options,
+                               bool wait_for_room) {
+    auto state = std::make_shared<detail::stream_state<Response>>(config().stream_buffer);
+    state->register_with(core_->registry());
+    using op_type = detail::stream_request_op<Request, Response, detail::stream_state<Response>>;
+    boost::intrusive_ptr<op_type> op(new op_type(std::move(request), state));
+    detail::request_ptr r(op);
+    core_->start_submit(std::move(op), key, wait_for_room, options);
+    return Stream<Response>(std::move(state), [weak_core = std::weak_ptr<detail::pool_core>(core_), r] {
+      if (auto core = weak_core.lock()) core->cancel_request(*r);
+    });
+  }
 
   /// `config`, unless it asks for batching (PoolConfig::batching) without a batch handler.
   template <class Handle>

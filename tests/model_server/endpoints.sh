@@ -221,6 +221,18 @@ seq 1 8 | xargs -P 8 -I{} curl -s --max-time 30 -o /dev/null -D "$work/full.{}" 
 check "queue full: some 429" grep -q '^429$' "$work/full.codes"
 check "queue full: the rest 200" test "$(grep -c -v -e '^429$' -e '^200$' "$work/full.codes")" -eq 0
 check "queue full: 429 says Retry-After" sh -c "grep -l '^HTTP/1.1 429' $work/full.* | xargs grep -qi '^Retry-After: 1'"
+# The same for a stream: one in the handler, two queued, then the stream is refused.
+fillers=()
+for i in 1 2 3; do
+  curl -s --max-time 30 -o /dev/null -X POST "$base/v2/models/slow/infer" --data-binary "$(infer_body "x $i")" &
+  fillers+=($!)
+  sleep 0.1
+done
+sleep 0.2
+ask POST /v2/models/slow/generate_stream '{"text_input":"x"}'
+check "queue full, for a stream: 429 at once" status_is 429
+check "queue full, for a stream: says Retry-After" header_has "Retry-After: 1"
+wait "${fillers[@]}"
 ask POST /v2/models/embed/infer "$(infer_body x)"
 check "over the memory budget (2 MiB, embed takes 2.5): 503" status_is 503
 check "over the memory budget: says so" error_has "no memory left"
