@@ -231,15 +231,13 @@ class Server {
       LoadedModel loaded;
       if (auto d = options_.delays.find(key); d != options_.delays.end()) loaded.delay = d->second;
       const auto file = options_.model_dir / (key + ".bin");
-      std::exception_ptr failure;
       try {
         loaded.model = co_await coropool::offload(compute_.get_executor(), [&] { return FastTextModel::load(file); });
       } catch (const std::exception& e) {
-        failure = std::current_exception();
         std::lock_guard lock(load_errors_mutex_);
         load_errors_[key] = e.what();
+        throw;  // the pool fails this load with it
       }
-      if (failure) std::rethrow_exception(failure);
       {
         std::lock_guard lock(load_errors_mutex_);
         load_errors_.erase(key);
@@ -706,8 +704,7 @@ class Server {
     if (req) res.version(req->version());
     res.keep_alive(keep_alive);
     res.prepare_payload();
-    metrics_.record(endpoint.empty() ? "other" : endpoint, res.result_int(),
-                    std::chrono::duration<double>(clock::now() - start).count());
+    metrics_.record(endpoint, res.result_int(), std::chrono::duration<double>(clock::now() - start).count());
     stream.expires_after(options_.client_timeout);
     co_await http::async_write(stream, res, asio::use_awaitable);
     co_return keep_alive;
@@ -824,7 +821,6 @@ class Server {
       beast::error_code ec;
       stream.socket().shutdown(tcp::socket::shutdown_send, ec);
     }
-    self->stream = nullptr;
     --metrics_.connections;
   }
 
