@@ -121,8 +121,8 @@ class key_queue {
   struct admission {
     error_code refused;                             // set: complete the request with it
     std::unique_ptr<completion<request_ptr>> wake;  // set: a parked worker's, to complete with `handed`
-    request_ptr handed;                             // the request, or the run it started
-    bool joined = false;                            // attached to a run already waiting or handled
+    request_ptr handed;   // the run a coalesced request started; null: the request itself (no reference to count)
+    bool joined = false;  // attached to a run already waiting or handled
     // A collecting worker whose wait is to end now (its batch filled, or an
     // earlier deadline joined it): nudge_collector() after the lock.
     std::pair<worker_ptr, std::uint64_t> nudge;
@@ -154,7 +154,6 @@ class key_queue {
       refused_locked(*r);
       return result;
     }
-    if (result.wake) result.handed = r;
     accept_locked(*r, deadline, now);
     return result;
   }
@@ -564,33 +563,27 @@ class key_queue {
     return nullptr;
   }
 
+  /// What close() and start_draining() leave to their caller, after the lock.
+  struct closing {
+    std::vector<worker_ptr> parked;                            // to stop (pool_core::stop_parked)
+    std::vector<std::pair<worker_ptr, std::uint64_t>> nudges;  // waits to end (nudge_collector)
+  };
+
   /// Shutdown: refuses new requests from now on; queued ones still drain to
-  /// the workers, which leave once the queue is empty. Returns the parked workers.
-  std::vector<worker_ptr> close() {
+  /// the workers, which leave once the queue is empty. Returns the parked
+  /// workers, and the batches waiting for more, which start now.
+  closing close() {
     std::lock_guard lock(mutex_);
     closed_ = true;
-    return owners_of_all_idle_locked();
+    return closing_locked();
   }
 
   /// evict(): workers leave once the queue is empty, while new requests are
-  /// still accepted. Returns the parked workers.
-  std::vector<worker_ptr> start_draining() {
+  /// still accepted (for the next wave). Returns as close() does.
+  closing start_draining() {
     std::lock_guard lock(mutex_);
     draining_ = true;
-    return owners_of_all_idle_locked();
-  }
-
-  /// Shutdown or evict(): the batches waiting for more start now, and take
-  /// no arrival from here on (a closed key takes none; an evicted one's are
-  /// for the next wave). Returns the waits to end (nudge_collector).
-  std::vector<std::pair<worker_ptr, std::uint64_t>> end_collecting() {
-    std::vector<std::pair<worker_ptr, std::uint64_t>> nudges;
-    std::lock_guard lock(mutex_);
-    for (worker_record* w : std::exchange(collectors_, {})) {
-      w->queue.collecting = false;
-      if (w->queue.go_at != clock::time_point::max()) nudges.emplace_back(w->shared_from_this(), w->queue.collect_gen);
-    }
-    return nudges;
+    return closing_locked();
   }
 
   void stop_draining() {
@@ -704,13 +697,20 @@ class key_queue {
   /// Divisible by every weight up to 16; larger weights round their stride down.
   static constexpr std::uint64_t stride_unit = 720720;
 
-  /// Empties the idle list. A parked worker is alive (its suspended
-  /// coroutine owns its record), so its owner can be had in O(1).
-  std::vector<worker_ptr> owners_of_all_idle_locked() {
-    std::vector<worker_ptr> owners;
-    owners.reserve(idle_.size());
-    for (worker_record* w : std::exchange(idle_, {})) owners.push_back(w->shared_from_this());
-    return owners;
+  /// Empties the idle list (a parked worker is alive: its suspended
+  /// coroutine owns its record, so its owner can be had in O(1)), and ends
+  /// the waits of the batches that collect: they start now, and take no
+  /// arrival from here on.
+  closing closing_locked() {
+    closing c;
+    c.parked.reserve(idle_.size());
+    for (worker_record* w : std::exchange(idle_, {})) c.parked.push_back(w->shared_from_this());
+    for (worker_record* w : std::exchange(collectors_, {})) {
+      w->queue.collecting = false;
+      if (w->queue.go_at != clock::time_point::max())
+        c.nudges.emplace_back(w->shared_from_this(), w->queue.collect_gen);
+    }
+    return c;
   }
 
   /// The deadline `options` give a request accepted at `now` (see SubmitOptions).

@@ -178,6 +178,7 @@ class pool_core final : public std::enable_shared_from_this<pool_core>, public a
   void request_stop(const std::shared_ptr<worker_record>& w, errc because);
   void stop_gracefully(const std::shared_ptr<worker_record>& w);
   void stop_parked(std::vector<std::shared_ptr<worker_record>> released);
+  void finish_closing(key_queue::closing c);  // a key's close() or start_draining(): stops and nudges
   void declare_dead(const std::shared_ptr<worker_record>& w, error_code ec, const char* why);
 
   // Health and maintenance (health.ipp).

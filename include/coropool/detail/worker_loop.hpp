@@ -53,16 +53,9 @@ class worker_loop {
 
   template <class Load, class Handle, class StreamHandle>
   static pool_core::worker_body make_body(Load load, Handle handle, StreamHandle stream_handle) {
-    static_assert(std::is_invocable_v<Load&, const std::string&>,
-                  "load must be callable as load(const std::string& key)");
-    using Model = typename awaitable_value<std::invoke_result_t<Load&, const std::string&>>::type;
+    using Model = typename body_checks<Load, StreamHandle>::model;
     static_assert(std::is_invocable_r_v<asio::awaitable<Response>, Handle&, Model&, Request>,
                   "handle must be callable as handle(Model&, Request) -> asio::awaitable<Response>");
-    static_assert(std::is_default_constructible_v<Response> && std::is_move_constructible_v<Response>,
-                  "Response must be default and move constructible (it completes as co_spawn's result does)");
-    static_assert(std::is_invocable_r_v<asio::awaitable<void>, StreamHandle&, Model&, Request, StreamWriter<Response>&>,
-                  "stream_handle must be callable as stream_handle(Model&, Request, StreamWriter<Response>&) -> "
-                  "asio::awaitable<void>");
     return [load = std::move(load), handle = std::move(handle), stream_handle = std::move(stream_handle)](
                std::shared_ptr<pool_core> core, std::shared_ptr<worker_record> w) {
       return run<Model>(load, handle, stream_handle, std::move(core), std::move(w));
@@ -73,9 +66,7 @@ class worker_loop {
   template <class Load, class BatchHandle, class Handle, class StreamHandle>
   static pool_core::worker_body make_body(Load load, batch_handler<BatchHandle, Handle> handle,
                                           StreamHandle stream_handle) {
-    static_assert(std::is_invocable_v<Load&, const std::string&>,
-                  "load must be callable as load(const std::string& key)");
-    using Model = typename awaitable_value<std::invoke_result_t<Load&, const std::string&>>::type;
+    using Model = typename body_checks<Load, StreamHandle>::model;
     static_assert(std::is_invocable_r_v<asio::awaitable<std::vector<outcome<Response>>>, BatchHandle&, Model&,
                                         std::span<Request>>,
                   "a batch handler must be callable as batch(Model&, std::span<Request>) -> "
@@ -84,11 +75,6 @@ class worker_loop {
       static_assert(std::is_invocable_r_v<asio::awaitable<Response>, Handle&, Model&, Request>,
                     "handle must be callable as handle(Model&, Request) -> asio::awaitable<Response>");
     }
-    static_assert(std::is_default_constructible_v<Response> && std::is_move_constructible_v<Response>,
-                  "Response must be default and move constructible (it completes as co_spawn's result does)");
-    static_assert(std::is_invocable_r_v<asio::awaitable<void>, StreamHandle&, Model&, Request, StreamWriter<Response>&>,
-                  "stream_handle must be callable as stream_handle(Model&, Request, StreamWriter<Response>&) -> "
-                  "asio::awaitable<void>");
     return [load = std::move(load), handle = std::move(handle), stream_handle = std::move(stream_handle)](
                std::shared_ptr<pool_core> core, std::shared_ptr<worker_record> w) {
       return run_batches<Model>(load, handle, stream_handle, std::move(core), std::move(w));
@@ -96,6 +82,19 @@ class worker_loop {
   }
 
  private:
+  /// The checks every body shares, and the Model that `load` makes.
+  template <class Load, class StreamHandle>
+  struct body_checks {
+    static_assert(std::is_invocable_v<Load&, const std::string&>,
+                  "load must be callable as load(const std::string& key)");
+    using model = typename awaitable_value<std::invoke_result_t<Load&, const std::string&>>::type;
+    static_assert(std::is_default_constructible_v<Response> && std::is_move_constructible_v<Response>,
+                  "Response must be default and move constructible (it completes as co_spawn's result does)");
+    static_assert(std::is_invocable_r_v<asio::awaitable<void>, StreamHandle&, model&, Request, StreamWriter<Response>&>,
+                  "stream_handle must be callable as stream_handle(Model&, Request, StreamWriter<Response>&) -> "
+                  "asio::awaitable<void>");
+  };
+
   /// Requests a worker serves one after another without a suspension of its
   /// own before it yields its thread: a busy key must not starve the rest.
   static constexpr int serve_burst = 64;
@@ -121,13 +120,8 @@ class worker_loop {
         if (!r) co_return;  // stopped, or the key closed and drained
       }
       auto& entry = static_cast<entry_type&>(*r);
-      if (auto* stream = entry.stream()) {
-        // Once started a stream is its reader's: timeouts and cancellation no longer apply.
-        if (core->claim_answer(entry, *w)) {
-          w->shared.state.transition(worker_state::processing);  // refused once the worker is told to stop
-          co_await serve_stream(model, stream_handle, entry.request, *stream, *w);
-          w->shared.state.transition(worker_state::ready);
-        }
+      if (entry.stream()) {
+        co_await serve_stream(*core, model, stream_handle, entry, *w);
         r = core->take_request(*w);
         continue;
       }
@@ -217,12 +211,7 @@ class worker_loop {
       }
       served += units.size();
       if (units.front()->streamed) {  // served alone
-        auto& entry = static_cast<entry_type&>(*units.front());
-        if (core->claim_answer(entry, *w)) {
-          w->shared.state.transition(worker_state::processing);
-          co_await serve_stream(model, stream_handle, entry.request, *entry.stream(), *w);
-          w->shared.state.transition(worker_state::ready);
-        }
+        co_await serve_stream(*core, model, stream_handle, static_cast<entry_type&>(*units.front()), *w);
         have = core->fill_batch(*w);
         continue;
       }
@@ -306,13 +295,19 @@ class worker_loop {
     }
   }
 
+  /// Serves the stream request `entry` that `w` holds, if it still goes to
+  /// its reader. Once started a stream is its reader's: timeouts and
+  /// cancellation no longer apply.
   template <class Model, class StreamHandle>
-  static asio::awaitable<void> serve_stream(Model& model, StreamHandle& stream_handle, Request& request,
-                                            stream_state<Response>& stream, worker_record& w) {
+  static asio::awaitable<void> serve_stream(pool_core& core, Model& model, StreamHandle& stream_handle,
+                                            entry_type& entry, worker_record& w) {
+    if (!core.claim_answer(entry, w)) co_return;
+    w.shared.state.transition(worker_state::processing);  // refused once the worker is told to stop
+    stream_state<Response>& stream = *entry.stream();
     std::exception_ptr error;
     try {
       StreamWriter<Response> writer(stream.shared_from_this());
-      co_await stream_handle(model, std::move(request), writer);
+      co_await stream_handle(model, std::move(entry.request), writer);
     } catch (...) {
       error = std::current_exception();
     }
@@ -324,6 +319,7 @@ class worker_loop {
       error = std::make_exception_ptr(boost::system::system_error(make_error_code(cancelled)));
     }
     stream.end(std::move(error));
+    w.shared.state.transition(worker_state::ready);
   }
 
   struct park_initiation {

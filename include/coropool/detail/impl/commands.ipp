@@ -70,8 +70,7 @@ COROPOOL_DECL void pool_core::evict(key_state& k) {
   log_->info("coropool: evicting key '{}' ({} worker(s)) once its queue drains", k.name,
              k.gauges.live_workers.load(std::memory_order_relaxed));
   k.spawn.warm = false;
-  stop_parked(k.queue.start_draining());  // the queue is empty whenever a worker is parked
-  for (auto& nudge : k.queue.end_collecting()) key_queue::nudge_collector(nudge);
+  finish_closing(k.queue.start_draining());  // the queue is empty whenever a worker is parked
   k.gauges.evictions.fetch_add(1, std::memory_order_relaxed);
 }
 

@@ -145,6 +145,13 @@ COROPOOL_DECL void pool_core::stop_gracefully(const std::shared_ptr<worker_recor
   retire(w);
 }
 
+/// A key was closed or began to drain: its parked workers are stopped, and
+/// its batches waiting for more start now.
+COROPOOL_DECL void pool_core::finish_closing(key_queue::closing c) {
+  stop_parked(std::move(c.parked));
+  for (auto& nudge : c.nudges) key_queue::nudge_collector(nudge);
+}
+
 /// Stops workers taken off their key's idle list: each is retired and
 /// handed null, which makes its coroutine leave.
 COROPOOL_DECL void pool_core::stop_parked(std::vector<std::shared_ptr<worker_record>> released) {

@@ -52,8 +52,7 @@ COROPOOL_DECL void pool_core::shutdown(clock::duration deadline, const std::shar
 COROPOOL_DECL void pool_core::close_keys() {
   for (key_state* k : all_keys()) {
     k->waiters.finish_all(errc::shutting_down);
-    stop_parked(k->queue.close());
-    for (auto& nudge : k->queue.end_collecting()) key_queue::nudge_collector(nudge);
+    finish_closing(k->queue.close());
     if (k->spawn.loading == 0 && k->gauges.ready_workers.load(std::memory_order_relaxed) == 0) {
       k->queue.fail_all(errc::shutting_down);  // nobody will serve them
     }
