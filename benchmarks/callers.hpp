@@ -94,4 +94,48 @@ inline void start_spawn(bool polling, BenchPool& pool) {
   if (polling) pool.async_wait_for_workers("model", 60s, asio::detached);
 }
 
+/// What closed_loop() measured: the seconds from the first request to the
+/// last answer, and every sample its clients took.
+struct ClosedLoop {
+  double seconds = 0;
+  std::vector<double> samples;
+};
+
+/// Closed-loop clients of `pool`'s key "model": once its workers are ready,
+/// `clients` coroutines take requests until `requests` have been made in
+/// all, each awaiting `ask(client, samples)` per request (`samples`: that
+/// client's own); the pool shuts down after the last answer.
+template <class PoolType, class Ask>
+ClosedLoop closed_loop(asio::io_context& ioc, PoolType& pool, int clients, int requests, Ask ask) {
+  std::atomic<int> left{requests};
+  std::atomic<int> clients_left{clients};
+  std::vector<std::vector<double>> samples(static_cast<std::size_t>(clients));
+  clock_type::time_point start, end;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        co_await pool.wait_for_workers("model", 10s);
+        start = clock_type::now();
+        for (int c = 0; c < clients; ++c) {
+          asio::co_spawn(
+              ioc,
+              [&, c]() -> asio::awaitable<void> {
+                auto& mine = samples[static_cast<std::size_t>(c)];
+                while (left.fetch_sub(1) > 0) co_await ask(c, mine);
+                if (--clients_left == 0) {
+                  end = clock_type::now();
+                  co_await pool.async_shutdown(1s, asio::use_awaitable);
+                }
+              },
+              asio::detached);
+        }
+      },
+      asio::detached);
+  run_threads(ioc);
+  ClosedLoop result;
+  result.seconds = std::chrono::duration<double>(end - start).count();
+  for (auto& s : samples) result.samples.insert(result.samples.end(), s.begin(), s.end());
+  return result;
+}
+
 }  // namespace coropool_bench

@@ -14,6 +14,7 @@
 
 #include <coropool.hpp>
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -100,6 +101,33 @@ inline error_code error_of(const std::exception_ptr& e) {
     return make_error_code(errc::invalid_argument);
   }
   return {};
+}
+
+/// How one submitted request ended: its error (pool error, or
+/// invalid_argument for another exception, whose what() is kept), its
+/// value, how long it took, and how many times it completed.
+struct Outcome {
+  error_code error;
+  std::string what;
+  int value = 0;
+  clock::duration took{};
+  int completions = 0;
+};
+
+/// Submits `request` to `key` with `options` and records how and when it ended in `out`.
+inline asio::awaitable<void> submit_recording(IntPool& pool, int request, SubmitOptions options, Outcome& out,
+                                              std::string key = "bert") {
+  const auto start = clock::now();
+  auto [e, v] = co_await pool.async_submit(std::move(key), request, options, asio::as_tuple(asio::use_awaitable));
+  out.took = clock::now() - start;
+  out.error = error_of(e);
+  try {
+    if (e) std::rethrow_exception(e);
+  } catch (const std::exception& error) {
+    out.what = error.what();
+  }
+  out.value = v;
+  ++out.completions;
 }
 
 /// Runs `body`, then shuts the pool down (1 s deadline): a test's whole run.

@@ -40,29 +40,6 @@ auto recording_batch(std::vector<std::vector<int>>& batches) {
   };
 }
 
-struct Outcome {
-  error_code error;
-  std::string what;
-  int value = 0;
-  clock::duration took{};
-  int completions = 0;
-};
-
-asio::awaitable<void> submit_recording(IntPool& pool, int request, SubmitOptions options, Outcome& out,
-                                       std::string key = "bert") {
-  const auto start = clock::now();
-  auto [e, v] = co_await pool.async_submit(std::move(key), request, options, asio::as_tuple(asio::use_awaitable));
-  out.took = clock::now() - start;
-  out.error = error_of(e);
-  try {
-    if (e) std::rethrow_exception(e);
-  } catch (const std::exception& error) {
-    out.what = error.what();
-  }
-  out.value = v;
-  ++out.completions;
-}
-
 }  // namespace
 
 TEST_CASE("requests that arrive together form one batch, which starts at once when full", "[batching]") {

@@ -246,7 +246,7 @@ TEST_CASE("key queue: a closed queue refuses, hands its parked workers back, and
   auto w = f.worker();
   auto into = std::make_shared<request_ptr>();
   REQUIRE(f.queue.take_or_park(*w, [&] { return std::make_unique<parked_slot>(into); }).second);
-  auto released = f.queue.close();
+  auto released = f.queue.close().parked;
   REQUIRE(released.size() == 1);
   CHECK(released.front() == w);
   auto late = make_request();
@@ -608,7 +608,7 @@ struct coalescing_fixture : fixture {
   bool submit_as(const probe_ptr& r, const std::string& id, const SubmitOptions& options = {}) {
     auto admitted = queue.enqueue_coalesced(r, true, options, id, &make_probe_run);
     if (admitted.refused) r->fail(admitted.refused, nullptr);
-    if (admitted.wake) admitted.wake->complete(admitted.handed);
+    if (admitted.wake) admitted.wake->complete(admitted.handed ? admitted.handed : request_ptr(r));
     return admitted.joined;
   }
 

@@ -32,23 +32,6 @@ SubmitOptions priority_of(unsigned level) {
   return o;
 }
 
-struct Outcome {
-  error_code error;
-  int value = 0;
-  clock::duration took{};
-  int completions = 0;
-};
-
-/// Submits with `options` and records how and when the request ended.
-asio::awaitable<void> submit_recording(IntPool& pool, int request, SubmitOptions options, Outcome& out) {
-  const auto start = clock::now();
-  auto [e, v] = co_await pool.async_submit("bert", request, options, asio::as_tuple(asio::use_awaitable));
-  out.took = clock::now() - start;
-  out.error = error_of(e);
-  out.value = v;
-  ++out.completions;
-}
-
 }  // namespace
 
 TEST_CASE("a request's own timeout fires while it is queued behind a busy worker; it is never handled",

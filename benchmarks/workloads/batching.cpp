@@ -48,40 +48,14 @@ BatchingResult batching_run(int clients, std::size_t max_batch_size, clock_type:
                                    [n] { std::this_thread::sleep_for(cost_per_batch + n * cost_per_item); });
         co_return std::vector<coropool::outcome<int>>(xs.begin(), xs.end());
       }));
-  std::atomic<int> left{requests};
-  std::atomic<int> clients_left{clients};
-  std::vector<std::vector<double>> latency(static_cast<std::size_t>(clients));
-  clock_type::time_point start, end;
-  asio::co_spawn(
-      ioc,
-      [&]() -> asio::awaitable<void> {
-        co_await pool.wait_for_workers("model", 10s);
-        start = clock_type::now();
-        for (int c = 0; c < clients; ++c) {
-          asio::co_spawn(
-              ioc,
-              [&, c]() -> asio::awaitable<void> {
-                auto& mine = latency[static_cast<std::size_t>(c)];
-                while (left.fetch_sub(1) > 0) {
-                  const auto t0 = clock_type::now();
-                  if (co_await pool.submit("model", c) != c) std::abort();
-                  mine.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
-                }
-                if (--clients_left == 0) {
-                  end = clock_type::now();
-                  co_await pool.async_shutdown(1s, asio::use_awaitable);
-                }
-              },
-              asio::detached);
-        }
-      },
-      asio::detached);
-  run_threads(ioc);
-  std::vector<double> all;
-  for (auto& l : latency) all.insert(all.end(), l.begin(), l.end());
+  auto loop = closed_loop(ioc, pool, clients, requests, [&](int c, std::vector<double>& mine) -> asio::awaitable<void> {
+    const auto t0 = clock_type::now();
+    if (co_await pool.submit("model", c) != c) std::abort();
+    mine.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
+  });
   BatchingResult r;
-  r.req_per_s = requests / std::chrono::duration<double>(end - start).count();
-  r.latency = percentiles(std::move(all));
+  r.req_per_s = requests / loop.seconds;
+  r.latency = percentiles(std::move(loop.samples));
   const auto k = pool.stats().keys.at("model");
   double items = 0;
   for (std::size_t n = 0; n < k.batch_sizes.size(); ++n) items += static_cast<double>(n * k.batch_sizes[n]);

@@ -63,7 +63,6 @@ void priorities_row() {
   std::mutex mutex;
   std::array<std::vector<double>, levels> queue_us;
   std::array<int, levels> served{};
-  std::atomic<int> left{requests};
   StampedPool pool(ioc, scheduling_config(), timed_loader(1ms, nullptr),
                    [&](Model&, Stamped r) -> asio::awaitable<int> {
                      {
@@ -75,35 +74,13 @@ void priorities_row() {
                      co_await sleep_for(200us);
                      co_return r.level;
                    });
-  clock_type::time_point start, end;
-  std::atomic<int> clients_left{levels * clients_per_level};
-  asio::co_spawn(
-      ioc,
-      [&]() -> asio::awaitable<void> {
-        co_await pool.wait_for_workers("model", 10s);
-        start = clock_type::now();
-        for (int level = 0; level < levels; ++level) {
-          for (int c = 0; c < clients_per_level; ++c) {
-            asio::co_spawn(
-                ioc,
-                [&, level]() -> asio::awaitable<void> {
-                  coropool::SubmitOptions options;
-                  options.priority = static_cast<unsigned>(level);
-                  while (left.fetch_sub(1) > 0) {
-                    if (co_await pool.submit("model", Stamped{level, clock_type::now()}, options) != level)
-                      std::abort();
-                  }
-                  if (--clients_left == 0) {
-                    end = clock_type::now();
-                    co_await pool.async_shutdown(1s, asio::use_awaitable);
-                  }
-                },
-                asio::detached);
-          }
-        }
-      },
-      asio::detached);
-  run_threads(ioc);
+  const auto loop = closed_loop(
+      ioc, pool, levels * clients_per_level, requests, [&](int c, std::vector<double>&) -> asio::awaitable<void> {
+        const int level = c / clients_per_level;
+        coropool::SubmitOptions options;
+        options.priority = static_cast<unsigned>(level);
+        if (co_await pool.submit("model", Stamped{level, clock_type::now()}, options) != level) std::abort();
+      });
   // Shares are read over the saturated part: every level waits until the
   // first client runs out of requests; the tail drains the rest.
   const double total_weight = 16;
@@ -111,7 +88,7 @@ void priorities_row() {
   for (int n : served) total += n;
   Row row("priorities", "coropool", io_threads());
   row.param("workers", scheduling_workers).param("clients_per_level", clients_per_level).param("requests", requests);
-  row.metric("req_per_s", requests / std::chrono::duration<double>(end - start).count(), 0);
+  row.metric("req_per_s", requests / loop.seconds, 0);
   for (int level = 0; level < levels; ++level) {
     const auto i = static_cast<std::size_t>(level);
     const std::string l = "level" + std::to_string(level);
@@ -137,41 +114,16 @@ void coalescing_row(bool coalesce) {
     co_await sleep_for(1ms);
     co_return r.level;
   });
-  std::atomic<int> left{requests};
-  std::atomic<int> clients_left{clients};
-  std::vector<std::vector<double>> latency(clients);
-  clock_type::time_point start, end;
-  asio::co_spawn(
-      ioc,
-      [&]() -> asio::awaitable<void> {
-        co_await pool.wait_for_workers("model", 10s);
-        start = clock_type::now();
-        for (int c = 0; c < clients; ++c) {
-          asio::co_spawn(
-              ioc,
-              [&, c]() -> asio::awaitable<void> {
-                std::minstd_rand rng(static_cast<unsigned>(c) + 1);
-                auto& mine = latency[static_cast<std::size_t>(c)];
-                while (left.fetch_sub(1) > 0) {
-                  const int question = static_cast<int>(rng() % questions);
-                  const auto t0 = clock_type::now();
-                  if (co_await pool.submit("model", Stamped{question, t0}) != question) std::abort();
-                  mine.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
-                }
-                if (--clients_left == 0) {
-                  end = clock_type::now();
-                  co_await pool.async_shutdown(1s, asio::use_awaitable);
-                }
-              },
-              asio::detached);
-        }
-      },
-      asio::detached);
-  run_threads(ioc);
-  std::vector<double> all;
-  for (auto& l : latency) all.insert(all.end(), l.begin(), l.end());
-  const double seconds = std::chrono::duration<double>(end - start).count();
-  const auto p = percentiles(std::move(all));
+  std::vector<std::minstd_rand> rngs;
+  for (int c = 0; c < clients; ++c) rngs.emplace_back(static_cast<unsigned>(c) + 1);
+  auto loop = closed_loop(ioc, pool, clients, requests, [&](int c, std::vector<double>& mine) -> asio::awaitable<void> {
+    const int question = static_cast<int>(rngs[static_cast<std::size_t>(c)]() % questions);
+    const auto t0 = clock_type::now();
+    if (co_await pool.submit("model", Stamped{question, t0}) != question) std::abort();
+    mine.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
+  });
+  const double seconds = loop.seconds;
+  const auto p = percentiles(std::move(loop.samples));
   Row("coalescing", coalesce ? "coropool-coalescing" : "coropool", io_threads())
       .param("workers", scheduling_workers)
       .param("clients", clients)
@@ -195,36 +147,15 @@ void deadline_overrun_row() {
     co_await sleep_for(50ms);  // past every deadline; stops at the cancellation
     co_return x;
   });
-  std::atomic<int> left{requests};
-  std::atomic<int> clients_left{clients};
-  std::vector<std::vector<double>> overrun(clients);
-  asio::co_spawn(
-      ioc,
-      [&]() -> asio::awaitable<void> {
-        co_await pool.wait_for_workers("model", 10s);
-        for (int c = 0; c < clients; ++c) {
-          asio::co_spawn(
-              ioc,
-              [&, c]() -> asio::awaitable<void> {
-                coropool::SubmitOptions options;
-                options.timeout = overrun_deadline;
-                while (left.fetch_sub(1) > 0) {
-                  const auto t0 = clock_type::now();
-                  auto [e, v] = co_await pool.async_submit("model", 1, options, asio::as_tuple(asio::use_awaitable));
-                  if (!e) std::abort();  // no handler answers within its deadline here
-                  overrun[static_cast<std::size_t>(c)].push_back(
-                      std::chrono::duration<double, std::micro>(clock_type::now() - t0 - overrun_deadline).count());
-                }
-                if (--clients_left == 0) co_await pool.async_shutdown(1s, asio::use_awaitable);
-              },
-              asio::detached);
-        }
-      },
-      asio::detached);
-  run_threads(ioc);
-  std::vector<double> all;
-  for (auto& o : overrun) all.insert(all.end(), o.begin(), o.end());
-  const auto p = percentiles(std::move(all));
+  coropool::SubmitOptions options;
+  options.timeout = overrun_deadline;
+  auto loop = closed_loop(ioc, pool, clients, requests, [&](int, std::vector<double>& mine) -> asio::awaitable<void> {
+    const auto t0 = clock_type::now();
+    auto [e, v] = co_await pool.async_submit("model", 1, options, asio::as_tuple(asio::use_awaitable));
+    if (!e) std::abort();  // no handler answers within its deadline here
+    mine.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0 - overrun_deadline).count());
+  });
+  const auto p = percentiles(std::move(loop.samples));
   Row("deadline_overrun", "coropool", io_threads())
       .param("workers", scheduling_workers)
       .param("clients", clients)
