@@ -1152,8 +1152,9 @@ class key_queue {
   // Everything below: under mutex_. The fields every request touches come
   // first, with the lock, on as few cache lines as they fit in: each line a
   // critical section touches moves between the cores that take the lock in
-  // turn, and under load that is most of its cost (spread over twice as
-  // many lines, they made `coropool_bench roundtrip` 8 % slower at 256 clients).
+  // turn, and under load that is most of its cost (spread over half again
+  // as many lines, they made `coropool_bench roundtrip` 2-15 % slower at 256
+  // clients: benchmarks/reports/2026-12-01-issue12-w1-layout.md).
   alignas(64) mutable spin_mutex mutex_;
   bool closed_ = false;
   bool draining_ = false;
