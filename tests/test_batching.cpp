@@ -247,7 +247,7 @@ TEST_CASE("an item's own exception reaches only its caller", "[batching][faults]
   CHECK(k.failed == 1);
 }
 
-TEST_CASE("an item cancelled while its batch runs completes at once; the batch runs on for the rest",
+TEST_CASE("an item cancelled while its batch runs completes at once, the batch runs on for the rest",
           "[batching][faults]") {
   asio::io_context ioc;
   Gate gate(ioc.get_executor());
@@ -282,7 +282,7 @@ TEST_CASE("an item cancelled while its batch runs completes at once; the batch r
   CHECK_FALSE(handler_cancelled);  // one caller still waited for it
 }
 
-TEST_CASE("an item past its deadline while its batch runs times out then; the rest wait for the batch",
+TEST_CASE("an item past its deadline while its batch runs times out then, the rest wait for the batch",
           "[batching][deadline]") {
   asio::io_context ioc;
   Gate gate(ioc.get_executor());
@@ -432,7 +432,7 @@ TEST_CASE("an item cancelled while queued leaves the queue and is never in a bat
   CHECK(batches == std::vector<std::vector<int>>{{1}, {3}});
 }
 
-TEST_CASE("batching_for_key sets each key's batches; one out of range fails that key's load", "[batching]") {
+TEST_CASE("batching_for_key sets each key's batches, one out of range fails that key's load", "[batching]") {
   asio::io_context ioc;
   std::vector<std::vector<int>> batches;
   PoolConfig config = TestConfig();

@@ -108,7 +108,7 @@ TEST_CASE("a half-open breaker lets its probes through, closes on their success,
   CHECK(pool.stats().keys.at("bert").breaker_opened == 3);
 }
 
-TEST_CASE("load failures open the breaker; the predicate decides what counts", "[breaker]") {
+TEST_CASE("load failures open the breaker, the predicate decides what counts", "[breaker]") {
   asio::io_context ioc(1);
   auto script = std::make_shared<LoadScript>();
   script->fail = true;

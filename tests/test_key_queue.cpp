@@ -315,7 +315,7 @@ TEST_CASE("key queue: idle workers are released oldest first, only once idle lon
   CHECK(f.queue.release_idle(*workers[2]) == workers[2]);
 }
 
-TEST_CASE("key queue: callers, cancellers, workers and the deadline sweep race; each request ends once",
+TEST_CASE("key queue: callers, cancellers, workers and the deadline sweep race, each request ends once",
           "[key_queue][race]") {
   fixture f(8, 50ms);
   constexpr int callers = 2;
@@ -658,7 +658,7 @@ TEST_CASE("key queue: identical requests share one run and one place in the queu
   CHECK(c->completions == 1);
 }
 
-TEST_CASE("key queue: a caller leaving detaches only itself; the last one withdraws the run",
+TEST_CASE("key queue: a caller leaving detaches only itself, the last one withdraws the run",
           "[key_queue][coalescing]") {
   coalescing_fixture f;
   auto a = make_request();
@@ -689,7 +689,7 @@ TEST_CASE("key queue: a caller leaving detaches only itself; the last one withdr
 }
 
 TEST_CASE(
-    "key queue: a run takes the highest level and the latest deadline of its callers; each caller keeps its "
+    "key queue: a run takes the highest level and the latest deadline of its callers, each caller keeps its "
     "own deadline",
     "[key_queue][coalescing]") {
   coalescing_fixture f(key_queue::settings{16, 1h, pool_clock::duration::max(), {8, 4, 2, 1, 1}});
@@ -847,4 +847,32 @@ TEST_CASE("key queue: a batch fills in the levels' stride order, and arrivals jo
   CHECK(third.size() == 9);
   CHECK(third.back().get() == late.get());
   for (auto& r : requests) CHECK(r->completions == 0);  // answers are the worker's to deliver, not the queue's
+}
+
+TEST_CASE(
+    "key queue: draining ends a batch's wait for more in the same step, and later arrivals wait for the next wave",
+    "[key_queue][batching]") {
+  fixture f(key_queue::settings{1000, 1h, pool_clock::duration::max(), default_weights});
+  auto w = f.worker();
+  f.queue.set_batching(*w, 8, 10s);
+  auto first = make_request();
+  f.submit(first);
+  REQUIRE(f.queue.fill_batch(*w));  // nothing else is queued: it collects
+  std::uint64_t gen = 0;
+  const auto now = pool_clock::now();
+  REQUIRE(f.queue.batch_start_time(*w, 10s, now, gen) > now);  // it waits for more
+  auto closing = f.queue.start_draining();
+  CHECK(closing.parked.empty());
+  REQUIRE(closing.nudges.size() == 1);
+  CHECK(closing.nudges.front().first == w);
+  CHECK(closing.nudges.front().second == gen);
+  auto late = make_request();
+  f.submit(late);
+  CHECK(f.queue.queued() == 1);  // not joined to the batch that is to start now
+  const auto later = pool_clock::now();
+  CHECK(f.queue.batch_start_time(*w, 10s, later, gen) == later);  // collects no more: it starts now
+  const request_base* handling = nullptr;
+  auto units = f.queue.start_batch(*w, pool_clock::now(), handling);
+  REQUIRE(units.size() == 1);
+  CHECK(units.front().get() == first.get());
 }

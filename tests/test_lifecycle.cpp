@@ -81,7 +81,7 @@ TEST_CASE("an illegal transition from a live state fails the debug assertion", "
 #endif
 }
 
-TEST_CASE("a worker that hangs is declared dead; its caller gets worker_lost and a replacement serves on",
+TEST_CASE("a worker that hangs is declared dead, its caller gets worker_lost and a replacement serves on",
           "[lifecycle]") {
   asio::io_context ioc(2);
   auto script = std::make_shared<LoadScript>();

@@ -34,7 +34,7 @@ SubmitOptions priority_of(unsigned level) {
 
 }  // namespace
 
-TEST_CASE("a request's own timeout fires while it is queued behind a busy worker; it is never handled",
+TEST_CASE("a request's own timeout fires while it is queued behind a busy worker, it is never handled",
           "[scheduling][deadline]") {
   asio::io_context ioc;
   Gate gate(ioc.get_executor());
@@ -126,7 +126,7 @@ TEST_CASE("a request's own timeout fires while its cold key loads", "[scheduling
   CHECK(script->started == 1);
 }
 
-TEST_CASE("a request's own timeout, shorter than the pool's, ends its handler at the deadline; the worker serves on",
+TEST_CASE("a request's own timeout, shorter than the pool's, ends its handler at the deadline, the worker serves on",
           "[scheduling][deadline]") {
   asio::io_context ioc;
   std::atomic<int> cancelled{0};
@@ -293,7 +293,7 @@ TEST_CASE("a busy worker takes the highest level first, first come first within 
   for (const auto& o : outcomes) CHECK(o.completions == 1);
 }
 
-TEST_CASE("try_submit of a higher level finds room in a full queue; the held-back request is still served",
+TEST_CASE("try_submit of a higher level finds room in a full queue, the held-back request is still served",
           "[scheduling][priority]") {
   asio::io_context ioc;
   Gate gate(ioc.get_executor());
@@ -445,7 +445,7 @@ TEST_CASE("1,000 identical concurrent submits run the handler once, and every ca
   CHECK(k.latency.count == callers);
 }
 
-TEST_CASE("a coalesced caller cancelling detaches only itself; the last one leaving withdraws the run",
+TEST_CASE("a coalesced caller cancelling detaches only itself, the last one leaving withdraws the run",
           "[scheduling][coalescing]") {
   asio::io_context ioc;
   Gate gate(ioc.get_executor());
@@ -542,8 +542,8 @@ TEST_CASE("an exception reaches every coalesced caller and is not remembered", "
 }
 
 TEST_CASE(
-    "distinct identities are never merged, many sharing a hash bucket; a throwing coalesce_key fails only its "
-    "caller; nullopt never coalesces",
+    "distinct identities are never merged, many sharing a hash bucket, a throwing coalesce_key fails only its "
+    "caller, nullopt never coalesces",
     "[scheduling][coalescing]") {
   asio::io_context ioc;
   Gate gate(ioc.get_executor());
@@ -588,7 +588,7 @@ TEST_CASE(
   CHECK(stats.rejected == 1);  // the caller whose identity threw
 }
 
-TEST_CASE("each coalesced caller keeps its own deadline; the run lives for the latest", "[scheduling][coalescing]") {
+TEST_CASE("each coalesced caller keeps its own deadline, the run lives for the latest", "[scheduling][coalescing]") {
   asio::io_context ioc;
   Gate gate(ioc.get_executor());
   std::atomic<int> runs{0};
