@@ -1,0 +1,464 @@
+#pragma once
+
+// key_queue: the request path. Admission (enqueue, a coalesced request's
+// run, the levels and the room waiters), a worker's take and answer, cancel,
+// and the claims that end a request exactly once (see detail/key_queue.hpp).
+
+#include "coropool/detail/key_queue.hpp"
+
+namespace coropool::detail {
+
+COROPOOL_DECL key_queue::key_queue(std::string key_name, const executor& ex, settings limits, circuit_breaker breaker,
+                                   std::weak_ptr<const void> owner, spdlog::logger* log)
+    : name_(std::move(key_name)),
+      limits_(std::move(limits)),
+      owner_(std::move(owner)),
+      log_(log),
+      breaker_(breaker),
+      timer_(ex) {
+  levels_.resize(limits_.priority_weights.size());
+  for (std::size_t i = 0; i < levels_.size(); ++i) levels_[i].stride = stride_unit / limits_.priority_weights[i];
+}
+
+COROPOOL_DECL key_queue::~key_queue() {
+  // Requests still here were abandoned with their execution context.
+  for (auto& l : levels_) {
+    l.queued.clear();
+    l.waiting_room.clear();
+  }
+  outstanding_.clear_and_dispose([](request_base* r) { intrusive_ptr_release(r); });
+}
+
+COROPOOL_DECL key_queue::admission key_queue::enqueue(const request_ptr& r, bool wait_for_room,
+                                                      const SubmitOptions& options) {
+  admission result;
+  std::lock_guard lock(mutex_);
+  const auto now = clock::now();  // under the lock: common deadlines are inserted in order
+  const auto deadline = deadline_of_locked(options, now);
+  if (refuse_locked(*r, deadline, now, result)) return result;
+  r->deadline = deadline;  // before admission: a collecting batch may have to start before it
+  if (!admit_locked(*r, wait_for_room, now, result)) {
+    refused_locked(*r);
+    return result;
+  }
+  accept_locked(*r, deadline, now);
+  return result;
+}
+
+COROPOOL_DECL key_queue::admission key_queue::enqueue_coalesced(const request_ptr& r, bool wait_for_room,
+                                                                const SubmitOptions& options, std::string identity,
+                                                                request_ptr (*make_run)(request_base&)) {
+  admission result;
+  std::lock_guard lock(mutex_);
+  const auto now = clock::now();
+  const auto deadline = deadline_of_locked(options, now);
+  if (refuse_locked(*r, deadline, now, result)) return result;
+  request_base* run = nullptr;
+  if (auto it = runs_.find(identity); it != runs_.end()) {
+    run = it->second;
+    result.joined = true;
+    ++counters_.coalesced;
+    if (r->priority < run->priority) raise_priority_locked(*run, r->priority);
+  } else {
+    request_ptr made = make_run(*r);  // takes r's Request
+    made->priority = r->priority;
+    made->deadline = deadline;
+    if (!admit_locked(*made, wait_for_room, now, result)) {
+      refused_locked(*r);
+      return result;
+    }
+    if (result.wake) result.handed = made;
+    made->accepted = now;
+    made->deadline = deadline;
+    made->coalesced().identity = std::move(identity);
+    run = made.get();
+    runs_.emplace(run->coalesced().identity, run);
+    intrusive_ptr_add_ref(run);  // the runs_ map's, until the run ends
+  }
+  run->deadline = std::max(run->deadline, deadline);
+  if (result.joined && run->state == request_base::phase::in_flight) {
+    // The run waits in a batch that collects: it may have to start before it would.
+    worker_record& c = *run->worker;
+    if (c.queue.collecting && c.queue.go_at != clock::time_point::max() &&
+        latest_start(deadline, c.queue.batch_delay) < c.queue.go_at) {
+      result.nudge = {c.shared_from_this(), c.queue.collect_gen};
+    }
+  }
+  r->state = request_base::phase::attached;
+  r->run = run;
+  run->coalesced().callers.push_back(*r);
+  accept_locked(*r, deadline, now);
+  return result;
+}
+
+COROPOOL_DECL bool key_queue::cancel(request_base& r) {
+  std::lock_guard lock(mutex_);
+  if (r.state == request_base::phase::done) return false;
+  claim_locked(r);  // the caller's reference keeps r alive
+  ++outcome_counter_locked(asio::error::operation_aborted);
+  return true;
+}
+
+COROPOOL_DECL request_ptr key_queue::take(worker_record& w) {
+  const auto now = clock::now();
+  std::vector<request_ptr> expired;
+  request_ptr r;
+  {
+    std::lock_guard lock(mutex_);
+    r = take_locked(w, now, expired);
+  }
+  fail_expired(expired);
+  return r;
+}
+
+COROPOOL_DECL bool key_queue::claim_answer(request_base& r, worker_record& w, bool error) {
+  std::lock_guard lock(mutex_);
+  return claim_answer_locked(r, w, error);
+}
+
+COROPOOL_DECL request_ptr key_queue::claim_answer_and_take(request_base& r, worker_record& w, bool& answer,
+                                                           std::vector<request_ptr>& callers, bool error, bool failure,
+                                                           clock::time_point now, double latency_us) {
+  std::vector<request_ptr> expired;
+  request_ptr next;
+  {
+    std::lock_guard lock(mutex_);
+    breaker_.record(failure, now);
+    if (r.is_run) {
+      answer = false;
+      release_worker_locked(w);
+      if (r.state != request_base::phase::done) {
+        r.probe = 0;  // its outcome was recorded
+        claim_callers_locked(r, callers, error ? counters_.failed : counters_.completed);
+        for (auto& c : callers) latency_.record(std::chrono::duration<double, std::micro>(now - c->accepted).count());
+      }
+    } else {
+      answer = claim_answer_locked(r, w, error);
+      if (answer) latency_.record(latency_us);
+    }
+    next = take_locked(w, now, expired);
+  }
+  fail_expired(expired);
+  return next;
+}
+
+COROPOOL_DECL std::vector<request_ptr> key_queue::claim_current(worker_record& w, error_code ec) {
+  std::vector<request_ptr> lost;
+  std::lock_guard lock(mutex_);
+  breaker_.record(true, clock::now());
+  if (w.queue.batch_limit) {
+    stop_collecting_locked(w);
+    for (auto& u : std::exchange(w.queue.batch, {})) claim_unit_locked(*u, lost, ec);
+    w.queue.batch_started = false;
+    w.shared.state.transition(worker_state::ready);  // holds nothing (refused quietly once it is evicting)
+    if (ec == errc::request_timeout) counters_.expired_in_handler += lost.size();
+    return lost;
+  }
+  if (w.queue.current) claim_unit_locked(*w.queue.current, lost, ec);
+  if (ec == errc::request_timeout) counters_.expired_in_handler += lost.size();  // the sweep came before the timer
+  return lost;
+}
+
+// The deadline `options` give a request accepted at `now` (see SubmitOptions).
+COROPOOL_DECL clock::time_point key_queue::deadline_of_locked(const SubmitOptions& options,
+                                                              clock::time_point now) const {
+  auto deadline =
+      deadline_after(now, std::min(options.timeout.value_or(limits_.request_timeout), limits_.max_request_timeout));
+  if (options.deadline) deadline = std::min(deadline, *options.deadline);
+  return deadline;
+}
+
+// Refuses `r` before admission: the key is closed, or its deadline has
+// passed (then it counts as accepted and timed out at once).
+COROPOOL_DECL bool key_queue::refuse_locked(request_base& r, clock::time_point deadline, clock::time_point now,
+                                            admission& result) {
+  if (closed_) {
+    result.refused = errc::shutting_down;
+    refused_locked(r);
+    return true;
+  }
+  if (deadline > now) return false;
+  r.state = request_base::phase::done;  // under the lock: a cancellation may look at it as soon as we unlock
+  ++counters_.submitted;
+  ++counters_.timed_out;
+  ++counters_.expired_before_dispatch;
+  result.refused = errc::request_timeout;
+  return true;
+}
+
+COROPOOL_DECL void key_queue::refused_locked(request_base& r) {
+  r.state = request_base::phase::done;
+  ++counters_.rejected;
+}
+
+// Places `unit` (a request, or a new run): with a parked worker, in the
+// queue, or among the callers waiting for room. False, with
+// `result.refused` set, when the breaker or a full queue refuses it.
+COROPOOL_DECL bool key_queue::admit_locked(request_base& unit, bool wait_for_room, clock::time_point now,
+                                           admission& result) {
+  if (!breaker_.admit(now, unit.probe)) {
+    result.refused = errc::circuit_open;
+    return false;
+  }
+  if (!collectors_.empty() && !unit.streamed) {
+    // A batch that waits for more takes it: nothing is queued while one does.
+    join_collector_locked(unit, now, result);
+    result.collected = true;
+    return true;
+  }
+  if (!idle_.empty()) {
+    // A parked worker takes it directly: nothing is queued whenever one is parked.
+    worker_record* woken = idle_.back();
+    idle_.pop_back();
+    result.wake = std::move(woken->queue.parked);
+    woken->shared.state.transition(worker_state::ready);
+    unit.accepted = now;
+    hand_locked(unit, *woken, now);
+    start_collecting_locked(*woken);
+    return true;
+  }
+  if (queued_ < limits_.capacity || hold_back_below_locked(unit.priority)) {
+    push_queued_locked(unit);
+    return true;
+  }
+  if (wait_for_room) {
+    unit.state = request_base::phase::waiting_room;
+    levels_[unit.priority].waiting_room.push_back(unit);
+    ++waiting_room_;
+    return true;
+  }
+  result.refused = errc::queue_full;
+  return false;
+}
+
+// `r`, admitted, becomes outstanding until its one completion.
+COROPOOL_DECL void key_queue::accept_locked(request_base& r, clock::time_point deadline, clock::time_point now) {
+  ++counters_.submitted;
+  r.accepted = now;
+  r.deadline = deadline;
+  outstanding_.insert(r);
+  intrusive_ptr_add_ref(&r);
+  if (!timer_armed_ || deadline < armed_at_) arm_timer_locked(deadline);
+}
+
+// A caller of a higher level attached to `run`: a waiting run moves to
+// the back of that level.
+COROPOOL_DECL void key_queue::raise_priority_locked(request_base& run, std::uint8_t priority) {
+  using phase = request_base::phase;
+  if (run.state == phase::queued) {
+    unqueue_locked(run);
+    run.priority = priority;
+    push_queued_locked(run);
+  } else if (run.state == phase::waiting_room) {
+    auto& from = levels_[run.priority].waiting_room;
+    from.erase(from.iterator_to(run));
+    run.priority = priority;
+    levels_[priority].waiting_room.push_back(run);
+  } else {
+    run.priority = priority;
+  }
+}
+
+// The run's last caller has left, or it was answered: it leaves the
+// queue (if it waits there) and the map, and is done. One being handled
+// stays in its worker's hands, and its answer goes nowhere.
+COROPOOL_DECL void key_queue::end_run_locked(request_base& run) {
+  if (run.probe) breaker_.release_probe(std::exchange(run.probe, 0));
+  withdraw_locked(run);
+  run.state = request_base::phase::done;
+  runs_.erase(run.coalesced().identity);
+  intrusive_ptr_release(&run);  // the map's: the worker or the caller at hand holds another
+}
+
+// Claims every caller attached to `run` into `callers`, each counted with
+// `ec` (an empty one: `counter` instead), and ends the run.
+COROPOOL_DECL void key_queue::claim_callers_locked(request_base& run, std::vector<request_ptr>& callers,
+                                                   std::uint64_t& counter) {
+  auto& attached = run.coalesced().callers;
+  while (!attached.empty()) {
+    request_base& c = attached.front();
+    attached.pop_front();
+    c.state = request_base::phase::done;
+    outstanding_.erase(c);
+    callers.emplace_back(&c, false);  // takes over outstanding_'s reference
+    ++counter;
+  }
+  end_run_locked(run);
+}
+
+// Claims `unit` (a request, or every caller of a run), not done, into `lost`, counted with `ec`.
+COROPOOL_DECL void key_queue::claim_unit_locked(request_base& unit, std::vector<request_ptr>& lost, error_code ec) {
+  if (unit.state == request_base::phase::done) return;
+  if (unit.is_run) {
+    claim_callers_locked(unit, lost, outcome_counter_locked(ec));
+  } else {
+    lost.emplace_back(&unit);
+    claim_locked(unit);
+    ++outcome_counter_locked(ec);
+  }
+}
+
+// Hands `r` to `w`, which is to run its handler.
+COROPOOL_DECL void key_queue::hand_locked(request_base& r, worker_record& w, clock::time_point now) {
+  r.state = request_base::phase::in_flight;
+  r.worker = &w;
+  bool first = true;
+  if (w.queue.batch_limit) {
+    first = w.queue.batch.empty();
+    if (first) w.queue.batch_first = now;
+    w.queue.batch.emplace_back(&r);
+  } else {
+    w.queue.current = request_ptr(&r);
+  }
+  if (first) w.shared.state.transition(worker_state::processing);  // a batch's later units find it so
+  queue_time_.record(std::chrono::duration<double, std::micro>(now - r.accepted).count());
+}
+
+COROPOOL_DECL void key_queue::push_queued_locked(request_base& r) {
+  level& l = levels_[r.priority];
+  if (l.queued.empty()) {
+    l.pass = std::max(l.pass, virtual_time_ + l.stride);  // rejoins where the others are
+    nonempty_levels_ |= 1u << r.priority;
+  }
+  r.state = request_base::phase::queued;
+  l.queued.push_back(r);
+  ++queued_;
+}
+
+// Takes `r` out of its level's queue.
+COROPOOL_DECL void key_queue::unqueue_locked(request_base& r) {
+  level& l = levels_[r.priority];
+  l.queued.erase(l.queued.iterator_to(r));
+  --queued_;
+  if (l.queued.empty()) nonempty_levels_ &= ~(1u << r.priority);
+}
+
+// Takes `r` (a request or a run) out of the queue or the room waiters,
+// whichever it waits in; a place freed in the queue goes to a room waiter.
+COROPOOL_DECL void key_queue::withdraw_locked(request_base& r) {
+  using phase = request_base::phase;
+  if (r.state == phase::queued) {
+    unqueue_locked(r);
+    promote_room_waiter_locked();
+  } else if (r.state == phase::waiting_room) {
+    auto& list = levels_[r.priority].waiting_room;
+    list.erase(list.iterator_to(r));
+    --waiting_room_;
+  }
+}
+
+// The queue is full and a request of level `priority` arrives: holds back
+// the newest queued request of the lowest level below it, if any, which
+// then waits for room first among its level's. Admission is not revoked:
+// a held-back request ends as any other (try_submit's included).
+COROPOOL_DECL bool key_queue::hold_back_below_locked(std::uint8_t priority) {
+  for (std::size_t q = levels_.size(); q-- > std::size_t{priority} + 1;) {
+    level& l = levels_[q];
+    if (l.queued.empty()) continue;
+    request_base& held = l.queued.back();
+    unqueue_locked(held);
+    held.state = request_base::phase::waiting_room;
+    l.waiting_room.push_front(held);
+    ++waiting_room_;
+    ++counters_.held_back;
+    return true;
+  }
+  return false;
+}
+
+// The level a worker takes from next: the non-empty one with the smallest pass.
+COROPOOL_DECL key_queue::level& key_queue::next_level_locked() {
+  std::uint32_t rest = nonempty_levels_;
+  level* next = &levels_[static_cast<std::size_t>(std::countr_zero(rest))];
+  rest &= rest - 1;
+  while (rest) {  // more than one level waits: the smallest pass, the higher level on a tie
+    level& l = levels_[static_cast<std::size_t>(std::countr_zero(rest))];
+    if (l.pass < next->pass) next = &l;
+    rest &= rest - 1;
+  }
+  return *next;
+}
+
+// The next request for `w`; those whose deadline passed before a worker
+// could take them are claimed into `expired` (never handed to a worker).
+COROPOOL_DECL request_ptr key_queue::take_locked(worker_record& w, clock::time_point now,
+                                                 std::vector<request_ptr>& expired) {
+  if (w.shared.stop_requested.load(std::memory_order_relaxed)) return nullptr;
+  while (queued_ > 0) {
+    level& l = next_level_locked();
+    request_base& r = l.queued.front();
+    // Past its deadline (the timer has not run yet: its thread is busy): never handed to a worker.
+    if (r.is_run) {
+      if (expire_callers_locked(r, now, expired)) continue;  // the run ended, and may be gone
+    } else if (r.deadline <= now) {
+      expire_locked(r, expired);
+      continue;
+    }
+    if (r.streamed && !w.queue.batch.empty()) return nullptr;  // a stream is served alone, after this batch
+    unqueue_locked(r);
+    virtual_time_ = l.pass;
+    l.pass += l.stride;
+    hand_locked(r, w, now);
+    promote_room_waiter_locked();
+    return request_ptr(&r);
+  }
+  return nullptr;
+}
+
+COROPOOL_DECL void key_queue::release_worker_locked(worker_record& w) {
+  w.queue.current = nullptr;
+  if (w.queue.batch_limit) {
+    w.queue.batch.clear();
+    w.queue.batch_started = false;
+  }
+  w.shared.served.fetch_add(1, std::memory_order_relaxed);
+  w.shared.state.transition(worker_state::ready);
+}
+
+COROPOOL_DECL bool key_queue::claim_answer_locked(request_base& r, worker_record& w, bool error) {
+  release_worker_locked(w);
+  if (r.state == request_base::phase::done) return false;
+  r.probe = 0;  // its outcome was recorded
+  ++(error ? counters_.failed : counters_.completed);
+  claim_locked(r);  // the worker's reference keeps r alive
+  return true;
+}
+
+// Moves the first caller waiting for room, highest level first, into the queue if it has room.
+COROPOOL_DECL void key_queue::promote_room_waiter_locked() {
+  if (waiting_room_ == 0 || queued_ >= limits_.capacity) return;
+  for (auto& l : levels_) {
+    if (l.waiting_room.empty()) continue;
+    request_base& r = l.waiting_room.front();
+    l.waiting_room.pop_front();
+    --waiting_room_;
+    push_queued_locked(r);
+    return;
+  }
+}
+
+// Marks `r` done and takes it off every list. The caller holds a reference
+// of its own, so dropping the list's cannot destroy it under the lock.
+COROPOOL_DECL void key_queue::claim_locked(request_base& r) {
+  using phase = request_base::phase;
+  if (r.probe) breaker_.release_probe(std::exchange(r.probe, 0));  // ended without an outcome
+  withdraw_locked(r);
+  if (r.state == phase::attached) {
+    request_base& run = *std::exchange(r.run, nullptr);
+    run.coalesced().callers.erase(run.coalesced().callers.iterator_to(r));
+    if (run.coalesced().callers.empty()) end_run_locked(run);  // the last caller has left
+  }
+  r.state = phase::done;
+  outstanding_.erase(r);
+  intrusive_ptr_release(&r);
+}
+
+// The counter of KeyStats that a caller completed by the pool with `ec`
+// is counted in: the bucket named after what the caller sees.
+COROPOOL_DECL std::uint64_t& key_queue::outcome_counter_locked(error_code ec) {
+  if (ec == errc::request_timeout) return counters_.timed_out;
+  if (ec == asio::error::operation_aborted) return counters_.cancelled;
+  return counters_.failed;
+}
+
+}  // namespace coropool::detail
