@@ -36,6 +36,7 @@ int main() {
         }
       }};
 
+  bool as_described = false;  // every step below went as its output line says
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
@@ -52,13 +53,19 @@ int main() {
         std::cout << co_await pool.submit("llm", "the worker is free") << "\n";
 
         auto failing = pool.submit_stream("llm", "fail");
+        int before_failure = 0;
         try {
-          while (auto token = co_await failing.next()) std::cout << *token;
+          while (auto token = co_await failing.next()) {
+            std::cout << *token;
+            ++before_failure;
+          }
         } catch (const std::runtime_error& e) {
           std::cout << "then: " << e.what() << "\n";
+          as_described = tokens == 20 && before_failure == 3;
         }
         co_await pool.async_shutdown(1s, asio::use_awaitable);
       },
       asio::detached);
   ioc.run();
+  return as_described ? 0 : 1;
 }

@@ -4,7 +4,7 @@
 // model's error, the config builder, the waits a test makes on its own
 // (pause, eventually, Gate), and the runs that fail a test instead of hanging
 // it. quiet_config, pause, eventually and run_until_idle are defined in
-// test_main.cpp, which every test program links.
+// support.cpp, which every test program compiles with its own clock.
 //
 // The timers here run on the pool's clock: real time in coropool_tests, the
 // virtual time of tests/sim/manual_clock.hpp in the programs built with
