@@ -849,6 +849,44 @@ TEST_CASE("key queue: a batch fills in the levels' stride order, and arrivals jo
   for (auto& r : requests) CHECK(r->completions == 0);  // answers are the worker's to deliver, not the queue's
 }
 
+TEST_CASE("key queue: a batching worker lost in its handler, or while it waits for more, ends the batch itself",
+          "[key_queue][batching]") {
+  // The health sweep claims a lost worker's batch while the worker still
+  // runs; the worker then ends the batch it no longer holds, and its one
+  // change of state (Processing to Ready) stays legal.
+  fixture f(key_queue::settings{1000, 1h, pool_clock::duration::max(), default_weights});
+  auto w = f.worker();
+  const bool waiting = GENERATE(false, true);  // for more (not started), or in its handler
+  f.queue.set_batching(*w, waiting ? 8 : 2, waiting ? 10s : pool_clock::duration::zero());
+  std::vector<probe_ptr> requests{make_request(), make_request()};
+  for (auto& r : requests) f.submit(r);
+  REQUIRE(f.queue.fill_batch(*w));
+  const request_base* handling = nullptr;
+  std::vector<request_ptr> units;
+  if (!waiting) {
+    units = f.queue.start_batch(*w, pool_clock::now(), handling);
+    REQUIRE(units.size() == 2);
+  }
+  CHECK(w->shared.state.load() == worker_state::processing);
+  auto lost = f.queue.claim_current(*w, errc::worker_lost);
+  REQUIRE(lost.size() == 2);
+  for (auto& r : lost) r->fail(errc::worker_lost, nullptr);
+  CHECK(w->shared.state.load() == worker_state::processing);  // the worker's own, until it ends the batch
+  if (waiting) {
+    CHECK(f.queue.start_batch(*w, pool_clock::now(), handling).empty());  // every unit ended while it waited
+  } else {
+    std::vector<char> none(units.size(), 0);
+    std::vector<std::pair<std::size_t, request_ptr>> deliveries;
+    CHECK_FALSE(f.queue.finish_batch(*w, units, none, none, false, false, pool_clock::now(), deliveries));
+    CHECK(deliveries.empty());  // the late answers go nowhere
+  }
+  CHECK(w->shared.state.load() == worker_state::ready);
+  for (auto& r : requests) {
+    CHECK(r->completions == 1);
+    CHECK(r->outcome == errc::worker_lost);
+  }
+}
+
 TEST_CASE(
     "key queue: draining ends a batch's wait for more in the same step, and later arrivals wait for the next wave",
     "[key_queue][batching]") {
