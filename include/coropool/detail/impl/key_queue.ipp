@@ -150,10 +150,10 @@ COROPOOL_DECL std::vector<request_ptr> key_queue::claim_current(worker_record& w
     stop_collecting_locked(w);
     for (auto& u : std::exchange(w.queue.batch, {})) claim_unit_locked(*u, lost, ec);
     w.queue.batch_started = false;
-    // The state is left alone: the worker may still be in its batch handler,
-    // and ends the batch it no longer holds itself (finish_batch, or
-    // start_batch with nothing live), moving to Ready then; the stop that
-    // follows a loss moves it to Evicting first.
+    // The state is left alone: the worker may still be in its batch handler.
+    // It ends the batch it no longer holds itself (finish_batch, or
+    // start_batch with nothing live: Processing to Ready), before or after
+    // the stop that follows a loss moves it to Evicting.
     if (ec == errc::request_timeout) counters_.expired_in_handler += lost.size();
     return lost;
   }
