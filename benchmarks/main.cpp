@@ -2,6 +2,8 @@
 //
 //   coropool_bench [workload...]     no argument runs them all, in name order
 //   COROPOOL_BENCH_THREADS=N         io threads per row (default 2)
+//   COROPOOL_BENCH_CLIENTS=1,16      roundtrip: only those client counts
+//   COROPOOL_BENCH_ROUNDTRIP=quick   roundtrip: one coropool run and asio-floor per client count
 //
 // Each workload lives in workloads/<name>.cpp, which says what it measures:
 // cold_start_wake, core_handoff, idle_cpu, idle_wait_cpu, memory, roundtrip,

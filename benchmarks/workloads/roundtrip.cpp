@@ -15,6 +15,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <string_view>
 
 #include "callers.hpp"
 
@@ -281,7 +282,12 @@ void roundtrip() {
   // The rows with and without health pings are compared: each is the median
   // of three runs, alternated so that both see the same machine (one run on
   // this VM moves by 10 % or more from the next).
-  constexpr int runs = 3;
+  // COROPOOL_BENCH_ROUNDTRIP=quick: one run of the "coropool" row without
+  // pings and the "asio-floor" row, nothing else: a few seconds per client
+  // count, for comparing builds in many alternated rounds (benchmarks/README.md).
+  const char* mode = std::getenv("COROPOOL_BENCH_ROUNDTRIP");
+  const bool quick = mode && std::string_view(mode) == "quick";
+  const int runs = quick ? 1 : 3;
   auto median = [](std::vector<RoundtripResult> r) {
     std::sort(r.begin(), r.end(), [](const auto& a, const auto& b) { return a.req_per_s < b.req_per_s; });
     return r[r.size() / 2];
@@ -303,9 +309,13 @@ void roundtrip() {
     std::vector<RoundtripResult> pinged;
     for (int run = 0; run < runs; ++run) {
       quiet.push_back(roundtrip_shared<PoolSystem>(clients, requests, 0));
-      pinged.push_back(roundtrip_shared<PoolSystem>(clients, requests, 10));
+      if (!quick) pinged.push_back(roundtrip_shared<PoolSystem>(clients, requests, 10));
     }
     write_roundtrip("coropool", clients, requests, 0, median(quiet));
+    if (quick) {
+      write_roundtrip("asio-floor", clients, requests, 0, roundtrip_asio_floor(clients, requests));
+      continue;
+    }
     write_roundtrip("coropool", clients, requests, 10, median(pinged));
     write_roundtrip("asio-channels", clients, baseline_requests, 0,
                     roundtrip_shared<ChannelSystem>(clients, baseline_requests));
