@@ -289,3 +289,59 @@ TEST_CASE("stats count every outcome, and to_prometheus renders them in the text
   }
   CHECK(inf_bucket == 3);
 }
+
+TEST_CASE("stats: the latencies and queue times workers record count once, while they serve and after they leave",
+          "[stats]") {
+  // A worker serving one request at a time records its own (outside the key's
+  // lock); stats() adds them up, and a worker that leaves hands them to its key.
+  asio::io_context ioc(1);
+  Gate gate(ioc.get_executor());
+  IntPool pool(ioc, TestConfig().workers(2, 2), scripted_loader(std::make_shared<LoadScript>()),
+               [&](Model&, int request) -> asio::awaitable<int> {
+                 if (request >= 100) co_await gate.pass();
+                 co_return request + 1;
+               });
+  std::vector<std::string> seen;  // "latency count / queue_time count", at each step
+  auto record = [&] {
+    const KeyStats k = pool.stats().keys.at("bert");
+    seen.push_back(std::to_string(k.latency.count) + " / " + std::to_string(k.queue_time.count));
+    std::uint64_t buckets = 0;
+    for (auto n : k.queue_time.buckets) buckets += n;
+    CHECK(buckets == k.queue_time.count);
+  };
+  std::size_t live_after_evict = 99;
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        // co_await outside CHECK: GCC 12 evaluates a co_await inside Catch's macro more than once.
+        co_await pool.wait_for_workers("bert", 5s);
+        const int first = co_await pool.submit("bert", 1);  // each handed to a parked worker
+        const int second = co_await pool.submit("bert", 2);
+        CHECK(first + second == 5);
+        record();
+        int answered = 0;
+        for (int r : {100, 101, 3}) {  // two at the gate, one queued behind them
+          pool.async_submit("bert", r, [&](std::exception_ptr e, int) { answered += e ? 0 : 1; });
+        }
+        co_await pause(5ms);
+        record();
+        gate.open();
+        const bool answered_all = co_await eventually([&] { return answered == 3; });
+        CHECK(answered_all);
+        record();
+        co_await pool.async_evict("bert", asio::use_awaitable);
+        const bool left = co_await eventually([&] { return pool.live_worker_count("bert") == 0; });
+        CHECK(left);
+        live_after_evict = pool.live_worker_count("bert");
+        record();
+        const int fourth = co_await pool.submit("bert", 4);  // a new wave's worker
+        CHECK(fourth == 5);
+        record();
+        co_await pool.async_shutdown(1s, asio::use_awaitable);
+        record();
+      },
+      asio::detached);
+  REQUIRE(run_until_idle(ioc, 1));
+  CHECK(live_after_evict == 0);
+  CHECK(seen == std::vector<std::string>{"2 / 2", "2 / 4", "5 / 5", "5 / 5", "6 / 6", "6 / 6"});
+}

@@ -40,6 +40,15 @@ constexpr std::string_view to_string(breaker_state s) noexcept {
   return "unknown";
 }
 
+namespace detail {
+/// The bucket of a LatencyHistogram of `bucket_count` buckets that `us` falls into.
+constexpr std::size_t latency_bucket(double us, std::size_t bucket_count) noexcept {
+  const auto whole = us < 1 ? std::uint64_t{0} : static_cast<std::uint64_t>(us);
+  const auto bucket = static_cast<std::size_t>(std::bit_width(whole));
+  return bucket < bucket_count ? bucket : bucket_count - 1;
+}
+}  // namespace detail
+
 /// Request latencies (submission to answer) in power-of-two buckets of
 /// microseconds: bucket i counts latencies in [2^(i-1), 2^i) µs (bucket 0:
 /// below 1 µs; the last: everything longer).
@@ -73,10 +82,7 @@ struct LatencyHistogram {
   ///
   /// @param us The latency in microseconds; below 1 (negative included) goes to bucket 0.
   void record(double us) noexcept {
-    const auto whole = us < 1 ? std::uint64_t{0} : static_cast<std::uint64_t>(us);
-    std::size_t bucket = static_cast<std::size_t>(std::bit_width(whole));
-    if (bucket >= bucket_count) bucket = bucket_count - 1;
-    ++buckets[bucket];
+    ++buckets[detail::latency_bucket(us, bucket_count)];
     ++count;
     sum_us += us;
   }

@@ -54,7 +54,10 @@ class circuit_breaker {
   void record(bool failure, clock::time_point now) {
     if (threshold_ == 0) return;  // disabled
     if (!failure) {
-      failures_ = 0;
+      // Stored only when it changes: a success is the common case, and a
+      // store would dirty this line under the key's lock on every answer,
+      // which the next critical section on the other core then has to fetch.
+      if (failures_ != 0) failures_ = 0;
       if (state_ == breaker_state::half_open && ++successes_ >= probes_) {
         state_ = breaker_state::closed;
         ++epoch_;

@@ -4,7 +4,7 @@
 // queue's lock (see key_queue).
 //
 // Requests with the pool's request_timeout are accepted in deadline order
-// (the clock is read under the lock), so almost every request has the
+// (their acceptance times never go back: key_queue::accept_time_locked), so almost every request has the
 // latest deadline so far: it goes to the back of a list, in constant time,
 // as before requests could have deadlines of their own. A request whose
 // deadline is earlier than the list's last (SubmitOptions) goes to a binary

@@ -220,8 +220,14 @@ class key_queue {
       }
     }
     fail_expired(expired);
+    if (result.first) record_taken(w, *result.first, now);
     return result;
   }
+
+  /// The worker `w`, not batching, took `r` at `now`: its queue time goes
+  /// to w.recorded (on w's coroutine, outside the lock). A request handed to
+  /// it while it was parked was handed at its acceptance: it records 0.
+  static void record_taken(worker_record& w, const request_base& r, clock::time_point now);
 
   /// The worker is done with `r`: whether its answer goes to the caller
   /// (false when `r` was completed meanwhile: timed out, cancelled, shut down).
@@ -333,7 +339,10 @@ class key_queue {
   // are in detail/impl/key_queue*.ipp.
 
   // Admission and the levels (key_queue.ipp).
+  clock::time_point accept_time_locked(clock::time_point read);
   clock::time_point deadline_of_locked(const SubmitOptions& options, clock::time_point now) const;
+  bool enqueue_coalesced_locked(request_base& r, bool wait_for_room, const SubmitOptions& options, std::string identity,
+                                request_ptr (*make_run)(request_base&), clock::time_point now, admission& result);
   bool refuse_locked(request_base& r, clock::time_point deadline, clock::time_point now, admission& result);
   void refused_locked(request_base& r);
   bool admit_locked(request_base& unit, bool wait_for_room, clock::time_point now, admission& result);
@@ -354,9 +363,10 @@ class key_queue {
   request_ptr take_locked(worker_record& w, clock::time_point now, std::vector<request_ptr>& expired);
   void hand_locked(request_base& r, worker_record& w, clock::time_point now);
   void release_worker_locked(worker_record& w);
-  bool claim_answer_locked(request_base& r, worker_record& w, bool error);
+  bool claim_answer_locked(request_base& r, worker_record& w, bool error, request_ptr& list_ref);
   void claim_unit_locked(request_base& unit, std::vector<request_ptr>& lost, error_code ec);
   void claim_locked(request_base& r);
+  void unlink_claimed_locked(request_base& r);
   std::uint64_t& outcome_counter_locked(error_code ec);
 
   // Batching (key_queue_batching.ipp).
@@ -398,7 +408,8 @@ class key_queue {
   std::size_t queued_ = 0;             // over every level: what queue_capacity bounds
   std::size_t waiting_room_ = 0;       // over every level
   clock::time_point armed_at_;
-  std::uint64_t virtual_time_ = 0;  // the pass of the last request taken
+  clock::time_point last_accepted_;  // see accept_time_locked
+  std::uint64_t virtual_time_ = 0;   // the pass of the last request taken
   // Parked workers, oldest first. Plain pointers: a parked worker's suspended
   // coroutine owns its record, and the request path pays no reference count;
   // the strand's rare uses get the owner from shared_from_this().
@@ -412,6 +423,8 @@ class key_queue {
     std::uint64_t batches = 0;
   } counters_;  // see KeyStats
   circuit_breaker breaker_;
+  // Batching workers' and coalesced runs' callers'; a worker serving one
+  // request at a time records its own (worker_record::recorded).
   LatencyHistogram latency_;
   LatencyHistogram queue_time_;
   std::vector<std::uint64_t> batch_sizes_;  // batches run, by their size

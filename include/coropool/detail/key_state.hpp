@@ -84,8 +84,12 @@ struct key_state {
 
   /// Every worker whose coroutine runs, retired ones included, for stats():
   /// changed on the pool strand, read from any thread, under roster_mutex.
+  /// What the workers that left the roster recorded (worker_record::recorded)
+  /// is added to `recorded_latency` and `recorded_queue_time` as they leave.
   mutable std::mutex roster_mutex;
   std::vector<std::shared_ptr<worker_record>> roster;
+  LatencyHistogram recorded_latency;
+  LatencyHistogram recorded_queue_time;
 };
 
 }  // namespace coropool::detail

@@ -118,6 +118,9 @@ class worker_loop {
         r = co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(request_ptr)>(
             park_initiation{core.get(), w.get()}, asio::use_awaitable);
         if (!r) co_return;  // stopped, or the key closed and drained
+        // Handed over while parked, at its acceptance: it was not queued (a
+        // request taken at once was recorded by key_queue::take_or_park).
+        if (std::exchange(w->own.woken, false)) w->recorded.queue_time.record(0);
       }
       auto& entry = static_cast<entry_type&>(*r);
       if (entry.stream()) {

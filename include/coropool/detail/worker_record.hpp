@@ -6,6 +6,7 @@
 #include "coropool/detail/completion.hpp"
 #include "coropool/detail/memory.hpp"
 #include "coropool/detail/request.hpp"
+#include "coropool/detail/worker_histogram.hpp"
 #include "coropool/error.hpp"
 #include "coropool/worker_state.hpp"
 
@@ -55,6 +56,7 @@ struct worker_record : std::enable_shared_from_this<worker_record> {
     clock::time_point last_progress;         // when it last loaded, or answered or started a request
     const request_base* handling = nullptr;  // the request whose handler it is running
     bool interrupted = false;                // stop_signal was emitted for that request's deadline
+    bool woken = false;                      // its last park parked it: what wakes it was handed over
     // A batching worker waiting for its batch to fill: the timer it waits on
     // until the batch is to start, and which wait (key_queue's collect_gen;
     // 0: none) a nudge from the key queue may cut short.
@@ -92,6 +94,16 @@ struct worker_record : std::enable_shared_from_this<worker_record> {
     clock::time_point go_at = clock::time_point::max();  // when its wait for more ends
     std::uint64_t collect_gen = 0;                       // the latest wait it registered (own.collect_wait)
   } queue;
+
+  /// Written by the worker's coroutine alone, outside any lock; read by
+  /// stats() from any thread (see worker_histogram). A worker serving one
+  /// request at a time records here what its key's KeyStats::latency and
+  /// queue_time show; a batching worker's go to its key queue's, under its
+  /// lock. On a line of their own: the key's lock holder writes `queue`.
+  struct alignas(64) recorded_fields {
+    worker_histogram latency;
+    worker_histogram queue_time;
+  } recorded;
 };
 
 }  // namespace coropool::detail

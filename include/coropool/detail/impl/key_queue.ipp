@@ -32,16 +32,27 @@ COROPOOL_DECL key_queue::~key_queue() {
 COROPOOL_DECL key_queue::admission key_queue::enqueue(const request_ptr& r, bool wait_for_room,
                                                       const SubmitOptions& options) {
   admission result;
-  std::lock_guard lock(mutex_);
-  const auto now = clock::now();  // under the lock: common deadlines are inserted in order
-  const auto deadline = deadline_of_locked(options, now);
-  if (refuse_locked(*r, deadline, now, result)) return result;
-  r->deadline = deadline;  // before admission: a collecting batch may have to start before it
-  if (!admit_locked(*r, wait_for_room, now, result)) {
-    refused_locked(*r);
-    return result;
+  // Outside the lock, which every request of the key contends for: the clock
+  // read (see accept_time_locked) and the reference that outstanding_ holds
+  // once the request is accepted, dropped again when it is refused.
+  const auto read = clock::now();
+  intrusive_ptr_add_ref(r.get());
+  bool accepted = false;
+  {
+    std::lock_guard lock(mutex_);
+    const auto now = accept_time_locked(read);
+    const auto deadline = deadline_of_locked(options, now);
+    if (!refuse_locked(*r, deadline, now, result)) {
+      r->deadline = deadline;  // before admission: a collecting batch may have to start before it
+      accepted = admit_locked(*r, wait_for_room, now, result);
+      if (accepted) {
+        accept_locked(*r, deadline, now);
+      } else {
+        refused_locked(*r);
+      }
+    }
   }
-  accept_locked(*r, deadline, now);
+  if (!accepted) intrusive_ptr_release(r.get());  // the caller's reference remains
   return result;
 }
 
@@ -49,23 +60,37 @@ COROPOOL_DECL key_queue::admission key_queue::enqueue_coalesced(const request_pt
                                                                 const SubmitOptions& options, std::string identity,
                                                                 request_ptr (*make_run)(request_base&)) {
   admission result;
-  std::lock_guard lock(mutex_);
-  const auto now = clock::now();
+  const auto read = clock::now();
+  intrusive_ptr_add_ref(r.get());  // outstanding_'s, as in enqueue()
+  bool accepted = false;
+  {
+    std::lock_guard lock(mutex_);
+    accepted = enqueue_coalesced_locked(*r, wait_for_room, options, std::move(identity), make_run,
+                                        accept_time_locked(read), result);
+  }
+  if (!accepted) intrusive_ptr_release(r.get());
+  return result;
+}
+
+COROPOOL_DECL bool key_queue::enqueue_coalesced_locked(request_base& r, bool wait_for_room,
+                                                       const SubmitOptions& options, std::string identity,
+                                                       request_ptr (*make_run)(request_base&), clock::time_point now,
+                                                       admission& result) {
   const auto deadline = deadline_of_locked(options, now);
-  if (refuse_locked(*r, deadline, now, result)) return result;
+  if (refuse_locked(r, deadline, now, result)) return false;
   request_base* run = nullptr;
   if (auto it = runs_.find(identity); it != runs_.end()) {
     run = it->second;
     result.joined = true;
     ++counters_.coalesced;
-    if (r->priority < run->priority) raise_priority_locked(*run, r->priority);
+    if (r.priority < run->priority) raise_priority_locked(*run, r.priority);
   } else {
-    request_ptr made = make_run(*r);  // takes r's Request
-    made->priority = r->priority;
+    request_ptr made = make_run(r);  // takes r's Request
+    made->priority = r.priority;
     made->deadline = deadline;
     if (!admit_locked(*made, wait_for_room, now, result)) {
-      refused_locked(*r);
-      return result;
+      refused_locked(r);
+      return false;
     }
     if (result.wake) result.handed = made;
     made->accepted = now;
@@ -84,11 +109,11 @@ COROPOOL_DECL key_queue::admission key_queue::enqueue_coalesced(const request_pt
       result.nudge = {c.shared_from_this(), c.queue.collect_gen};
     }
   }
-  r->state = request_base::phase::attached;
-  r->run = run;
-  run->coalesced().callers.push_back(*r);
-  accept_locked(*r, deadline, now);
-  return result;
+  r.state = request_base::phase::attached;
+  r.run = run;
+  run->coalesced().callers.push_back(r);
+  accept_locked(r, deadline, now);
+  return true;
 }
 
 COROPOOL_DECL bool key_queue::cancel(request_base& r) {
@@ -108,12 +133,19 @@ COROPOOL_DECL request_ptr key_queue::take(worker_record& w) {
     r = take_locked(w, now, expired);
   }
   fail_expired(expired);
+  if (r) record_taken(w, *r, now);
   return r;
 }
 
+COROPOOL_DECL void key_queue::record_taken(worker_record& w, const request_base& r, clock::time_point now) {
+  if (!w.queue.batch_limit)
+    w.recorded.queue_time.record(std::chrono::duration<double, std::micro>(now - r.accepted).count());
+}
+
 COROPOOL_DECL bool key_queue::claim_answer(request_base& r, worker_record& w, bool error) {
+  request_ptr list_ref;  // outstanding_'s reference, dropped after the lock
   std::lock_guard lock(mutex_);
-  return claim_answer_locked(r, w, error);
+  return claim_answer_locked(r, w, error, list_ref);
 }
 
 COROPOOL_DECL request_ptr key_queue::claim_answer_and_take(request_base& r, worker_record& w, bool& answer,
@@ -121,6 +153,7 @@ COROPOOL_DECL request_ptr key_queue::claim_answer_and_take(request_base& r, work
                                                            clock::time_point now, double latency_us) {
   std::vector<request_ptr> expired;
   request_ptr next;
+  request_ptr list_ref;  // outstanding_'s reference to `r`, dropped after the lock
   {
     std::lock_guard lock(mutex_);
     breaker_.record(failure, now);
@@ -133,12 +166,13 @@ COROPOOL_DECL request_ptr key_queue::claim_answer_and_take(request_base& r, work
         for (auto& c : callers) latency_.record(std::chrono::duration<double, std::micro>(now - c->accepted).count());
       }
     } else {
-      answer = claim_answer_locked(r, w, error);
-      if (answer) latency_.record(latency_us);
+      answer = claim_answer_locked(r, w, error, list_ref);
     }
     next = take_locked(w, now, expired);
   }
   fail_expired(expired);
+  if (answer) w.recorded.latency.record(latency_us);
+  if (next) record_taken(w, *next, now);
   return next;
 }
 
@@ -169,6 +203,16 @@ COROPOOL_DECL clock::time_point key_queue::deadline_of_locked(const SubmitOption
       deadline_after(now, std::min(options.timeout.value_or(limits_.request_timeout), limits_.max_request_timeout));
   if (options.deadline) deadline = std::min(deadline, *options.deadline);
   return deadline;
+}
+
+// The instant a request is accepted at: the clock as its caller read it
+// before taking the lock, but never earlier than the last request's. Requests
+// with the pool's request_timeout then still come in deadline order (see
+// deadline_index), as when the clock was read under the lock, and the lock
+// is not held across the read.
+COROPOOL_DECL clock::time_point key_queue::accept_time_locked(clock::time_point read) {
+  if (read > last_accepted_) last_accepted_ = read;
+  return last_accepted_;
 }
 
 // Refuses `r` before admission: the key is closed, or its deadline has
@@ -239,8 +283,7 @@ COROPOOL_DECL void key_queue::accept_locked(request_base& r, clock::time_point d
   ++counters_.submitted;
   r.accepted = now;
   r.deadline = deadline;
-  outstanding_.insert(r);
-  intrusive_ptr_add_ref(&r);
+  outstanding_.insert(r);  // with the reference its caller took before the lock
   if (!timer_armed_ || deadline < armed_at_) arm_timer_locked(deadline);
 }
 
@@ -314,7 +357,8 @@ COROPOOL_DECL void key_queue::hand_locked(request_base& r, worker_record& w, clo
     w.queue.current = request_ptr(&r);
   }
   if (first) w.shared.state.transition(worker_state::processing);  // a batch's later units find it so
-  queue_time_.record(std::chrono::duration<double, std::micro>(now - r.accepted).count());
+  // A worker serving one request at a time records it itself, after the lock (record_taken).
+  if (w.queue.batch_limit) queue_time_.record(std::chrono::duration<double, std::micro>(now - r.accepted).count());
 }
 
 COROPOOL_DECL void key_queue::push_queued_locked(request_base& r) {
@@ -418,12 +462,16 @@ COROPOOL_DECL void key_queue::release_worker_locked(worker_record& w) {
   w.shared.state.transition(worker_state::ready);
 }
 
-COROPOOL_DECL bool key_queue::claim_answer_locked(request_base& r, worker_record& w, bool error) {
+// `list_ref` receives outstanding_'s reference to `r`, for the caller to
+// drop after the lock (the worker holds another).
+COROPOOL_DECL bool key_queue::claim_answer_locked(request_base& r, worker_record& w, bool error,
+                                                  request_ptr& list_ref) {
   release_worker_locked(w);
   if (r.state == request_base::phase::done) return false;
   r.probe = 0;  // its outcome was recorded
   ++(error ? counters_.failed : counters_.completed);
-  claim_locked(r);  // the worker's reference keeps r alive
+  unlink_claimed_locked(r);
+  list_ref = request_ptr(&r, false);
   return true;
 }
 
@@ -443,6 +491,12 @@ COROPOOL_DECL void key_queue::promote_room_waiter_locked() {
 // Marks `r` done and takes it off every list. The caller holds a reference
 // of its own, so dropping the list's cannot destroy it under the lock.
 COROPOOL_DECL void key_queue::claim_locked(request_base& r) {
+  unlink_claimed_locked(r);
+  intrusive_ptr_release(&r);
+}
+
+// claim_locked(), but outstanding_'s reference is left to the caller.
+COROPOOL_DECL void key_queue::unlink_claimed_locked(request_base& r) {
   using phase = request_base::phase;
   if (r.probe) breaker_.release_probe(std::exchange(r.probe, 0));  // ended without an outcome
   withdraw_locked(r);
@@ -453,7 +507,6 @@ COROPOOL_DECL void key_queue::claim_locked(request_base& r) {
   }
   r.state = phase::done;
   outstanding_.erase(r);
-  intrusive_ptr_release(&r);
 }
 
 // The counter of KeyStats that a caller completed by the pool with `ec`

@@ -91,7 +91,7 @@ COROPOOL_DECL void key_queue::read_stats(KeyStats& s, clock::time_point now) con
   s.expired_in_handler = counters_.expired_in_handler;
   s.held_back = counters_.held_back;
   s.coalesced = counters_.coalesced;
-  s.queue_time = queue_time_;
+  s.queue_time += queue_time_;  // with the workers' own (pool_core::stats)
   s.batches = counters_.batches;
   s.batch_sizes = batch_sizes_;
   s.batch_wait = batch_wait_;
@@ -103,7 +103,7 @@ COROPOOL_DECL void key_queue::read_stats(KeyStats& s, clock::time_point now) con
   s.rejected = counters_.rejected;
   s.breaker = breaker_.state_at(now);
   s.breaker_opened = breaker_.times_opened();
-  s.latency = latency_;
+  s.latency += latency_;
 }
 
 // Empties the idle list (a parked worker is alive: its suspended

@@ -65,8 +65,10 @@ COROPOOL_DECL void pool_core::on_exit(const std::shared_ptr<worker_record>& w, c
     k.gauges.load_failures.fetch_add(1, std::memory_order_relaxed);
   }
   {
-    std::lock_guard lock(k.roster_mutex);
+    std::lock_guard lock(k.roster_mutex);  // with the roster: stats() counts each record once
     std::erase(k.roster, w);
+    w->recorded.latency.add_to(k.recorded_latency);  // its coroutine has ended: nothing records any more
+    w->recorded.queue_time.add_to(k.recorded_queue_time);
   }
   const std::uint64_t freed = w->pool.reservation.release();  // a model's memory goes with its worker
   k.gauges.memory_reserved.fetch_sub(freed, std::memory_order_relaxed);

@@ -50,6 +50,7 @@ void pool_core::park(worker_record& w, Handler&& handler) {
   using op_type = completion_op<std::decay_t<Handler>, request_ptr>;
   auto [r, parked] =
       w.key->queue.take_or_park(w, [&] { return std::make_unique<op_type>(std::move(handler), executor_); });
+  w.own.woken = parked;  // its wake runs on this strand, after this
   if (!parked) asio::defer(w.strand, asio::append(std::forward<Handler>(handler), std::move(r)));
 }
 

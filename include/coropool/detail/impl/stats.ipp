@@ -39,11 +39,19 @@ COROPOOL_DECL PoolStats pool_core::stats() const {
     ks.restarts = g.restarts.load(std::memory_order_relaxed);
     ks.memory_reserved = g.memory_reserved.load(std::memory_order_relaxed);
     {
+      // The roster's lock across the latencies: a worker leaving adds its
+      // own to the key's under it (on_exit), so that each is counted once.
       std::lock_guard lock(k->roster_mutex);
-      for (const auto& w : k->roster) ++ks.workers[static_cast<std::size_t>(w->shared.state.load())];
+      ks.latency = k->recorded_latency;
+      ks.queue_time = k->recorded_queue_time;
+      for (const auto& w : k->roster) {
+        ++ks.workers[static_cast<std::size_t>(w->shared.state.load())];
+        w->recorded.latency.add_to(ks.latency);
+        w->recorded.queue_time.add_to(ks.queue_time);
+      }
+      k->queue.read_stats(ks, now);  // adds what batching workers and coalesced runs recorded
     }
     ks.in_flight = ks.workers_in(worker_state::processing);
-    k->queue.read_stats(ks, now);
   }
   return s;
 }
