@@ -10,10 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libclang-rt-14-dev holds clang's sanitizer and libFuzzer runtimes, which clang only recommends.
-# time is /usr/bin/time, which benchmarks/compile_cost.sh measures with (not in minimal images).
+# time is /usr/bin/time, which benchmarks/compile_cost.sh measures with (not in minimal images);
+# valgrind counts instructions for benchmarks/instructions.sh.
 # The model server (examples/model_server) adds Boost.JSON, Boost.Program_options and fastText,
 # and its tests curl, jq and wrk.
-packages=(cmake ninja-build g++ clang libclang-rt-14-dev clang-format doxygen git libboost1.81-dev libspdlog-dev catch2 time
+packages=(cmake ninja-build g++ clang libclang-rt-14-dev clang-format doxygen git libboost1.81-dev libspdlog-dev catch2 time valgrind
   libboost-json1.81-dev libboost-program-options1.81-dev libfasttext-dev curl jq wrk)
 
 install_missing() {
