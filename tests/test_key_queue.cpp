@@ -71,9 +71,10 @@ class parked_slot final : public detail::completion<request_ptr> {
 };
 
 struct fixture {
-  explicit fixture(std::size_t capacity = 4, pool_clock::duration timeout = 1h, std::size_t failure_threshold = 0)
-      : queue("k", ioc.get_executor(), {capacity, timeout}, detail::circuit_breaker(failure_threshold, 1h, 1), {},
-              nullptr) {}
+  explicit fixture(std::size_t capacity = 4, pool_clock::duration timeout = 1h, std::size_t failure_threshold = 0,
+                   pool_clock::duration open_for = 1h, std::size_t probes = 1)
+      : queue("k", ioc.get_executor(), {capacity, timeout},
+              detail::circuit_breaker(failure_threshold, open_for, probes), {}, nullptr) {}
   explicit fixture(key_queue::settings settings)
       : queue("k", ioc.get_executor(), std::move(settings), detail::circuit_breaker(0, 1h, 1), {}, nullptr) {}
 
@@ -913,4 +914,34 @@ TEST_CASE(
   auto units = f.queue.start_batch(*w, pool_clock::now(), handling);
   REQUIRE(units.size() == 1);
   CHECK(units.front().get() == first.get());
+}
+
+TEST_CASE("key queue: a half-open probe that a full queue refuses is given back to the breaker", "[key_queue]") {
+  // Open for no time: the first admission after a failure finds it half-open, with 2 probes.
+  fixture f(1, 1h, 1, pool_clock::duration::zero(), 2);
+  auto w = f.worker();
+  auto lost = make_request();
+  f.submit(lost);
+  REQUIRE(f.queue.take(*w) == lost);
+  for (auto& r : f.queue.claim_current(*w, errc::worker_lost)) r->fail(errc::worker_lost, nullptr);
+  REQUIRE(f.stats().breaker == breaker_state::half_open);
+  auto first = make_request();
+  f.submit(first);  // the first probe, queued: the queue (capacity 1) is full
+  auto refused = make_request();
+  f.submit(refused, false);  // try_submit: a probe, refused by the full queue
+  CHECK(refused->outcome == errc::queue_full);
+  const auto now = pool_clock::now();
+  bool answered = false;
+  std::vector<request_ptr> callers;
+  auto serving = f.worker();  // the lost one still counts as processing
+  REQUIRE(f.queue.take(*serving) == first);
+  CHECK(f.queue.claim_answer_and_take(*first, *serving, answered, callers, false, false, now, 1.0) == nullptr);
+  CHECK(answered);
+  CHECK(f.stats().breaker == breaker_state::half_open);  // one probe of two succeeded
+  auto second = make_request();
+  f.submit(second);  // the probe the refused request gave back
+  CHECK(second->completions == 0);
+  REQUIRE(f.queue.take(*serving) == second);
+  CHECK(f.queue.claim_answer_and_take(*second, *serving, answered, callers, false, false, now, 1.0) == nullptr);
+  CHECK(f.stats().breaker == breaker_state::closed);
 }

@@ -15,7 +15,8 @@ namespace coropool::detail {
 /// read-modify-write, on lines that stay in that worker's core: kept under
 /// the key's lock, two histograms shared by every worker of the key cost
 /// `coropool_bench roundtrip` about 5 % (benchmarks/README.md, W1). A reader
-/// may see a record's bucket before its sum; `count` is the buckets' sum.
+/// racing a record may see it in its bucket and not yet in the sum, or the
+/// reverse: `count` (the buckets' sum) and `sum_us` may be a record apart.
 class worker_histogram {
  public:
   void record(double us) noexcept {

@@ -34,25 +34,24 @@ COROPOOL_DECL key_queue::admission key_queue::enqueue(const request_ptr& r, bool
   admission result;
   // Outside the lock, which every request of the key contends for: the clock
   // read (see accept_time_locked) and the reference that outstanding_ holds
-  // once the request is accepted, dropped again when it is refused.
+  // once the request is accepted. Refused (or should anything under the lock
+  // throw), the request drops that reference after the lock.
   const auto read = clock::now();
-  intrusive_ptr_add_ref(r.get());
-  bool accepted = false;
+  request_ptr list_ref(r);
   {
     std::lock_guard lock(mutex_);
     const auto now = accept_time_locked(read);
     const auto deadline = deadline_of_locked(options, now);
     if (!refuse_locked(*r, deadline, now, result)) {
       r->deadline = deadline;  // before admission: a collecting batch may have to start before it
-      accepted = admit_locked(*r, wait_for_room, now, result);
-      if (accepted) {
+      if (admit_locked(*r, wait_for_room, now, result)) {
         accept_locked(*r, deadline, now);
+        list_ref.detach();  // outstanding_'s now
       } else {
         refused_locked(*r);
       }
     }
   }
-  if (!accepted) intrusive_ptr_release(r.get());  // the caller's reference remains
   return result;
 }
 
@@ -61,14 +60,14 @@ COROPOOL_DECL key_queue::admission key_queue::enqueue_coalesced(const request_pt
                                                                 request_ptr (*make_run)(request_base&)) {
   admission result;
   const auto read = clock::now();
-  intrusive_ptr_add_ref(r.get());  // outstanding_'s, as in enqueue()
-  bool accepted = false;
+  request_ptr list_ref(r);  // outstanding_'s, as in enqueue()
   {
     std::lock_guard lock(mutex_);
-    accepted = enqueue_coalesced_locked(*r, wait_for_room, options, std::move(identity), make_run,
-                                        accept_time_locked(read), result);
+    if (enqueue_coalesced_locked(*r, wait_for_room, options, std::move(identity), make_run, accept_time_locked(read),
+                                 result)) {
+      list_ref.detach();
+    }
   }
-  if (!accepted) intrusive_ptr_release(r.get());
   return result;
 }
 
@@ -275,6 +274,9 @@ COROPOOL_DECL bool key_queue::admit_locked(request_base& unit, bool wait_for_roo
     return true;
   }
   result.refused = errc::queue_full;
+  // A half-open breaker's probe that never runs is given back: kept, it would
+  // hold the breaker's last probes and refuse everything from then on.
+  if (unit.probe) breaker_.release_probe(std::exchange(unit.probe, 0));
   return false;
 }
 
