@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <new>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -36,9 +37,14 @@ class probe_request final : public request_base {
   }
   void abandon() noexcept override { abandoned = true; }
 
+  ~probe_request() override {
+    if (destroyed) *destroyed = true;
+  }
+
   std::atomic<int> completions{0};
   error_code outcome;
   bool abandoned = false;
+  bool* destroyed = nullptr;  // set when the last reference goes
 };
 
 using probe_ptr = boost::intrusive_ptr<probe_request>;
@@ -944,4 +950,23 @@ TEST_CASE("key queue: a half-open probe that a full queue refuses is given back 
   REQUIRE(f.queue.take(*serving) == second);
   CHECK(f.queue.claim_answer_and_take(*second, *serving, answered, callers, false, false, now, 1.0) == nullptr);
   CHECK(f.stats().breaker == breaker_state::closed);
+}
+
+TEST_CASE("key queue: a request whose enqueue throws under the lock keeps no reference of the queue's", "[key_queue]") {
+  // The outstanding list's reference is taken before the lock: an exception
+  // under it (here the run's allocation) must not leave it behind.
+  fixture f;
+  bool destroyed = false;
+  {
+    auto r = make_request();
+    r->destroyed = &destroyed;
+    CHECK_THROWS_AS(f.queue.enqueue_coalesced(r, true, {}, "question",
+                                              [](request_base&) -> request_ptr { throw std::bad_alloc(); }),
+                    std::bad_alloc);
+    CHECK(f.stats().submitted == 0);
+  }
+  CHECK(destroyed);
+  auto next = make_request();  // the key goes on
+  f.submit(next);
+  CHECK(f.stats().queued == 1);
 }
