@@ -952,21 +952,120 @@ TEST_CASE("key queue: a half-open probe that a full queue refuses is given back 
   CHECK(f.stats().breaker == breaker_state::closed);
 }
 
-TEST_CASE("key queue: a request whose enqueue throws under the lock keeps no reference of the queue's", "[key_queue]") {
-  // The outstanding list's reference is taken before the lock: an exception
-  // under it (here the run's allocation) must not leave it behind.
+TEST_CASE("key queue: a run whose making throws refuses its request with the exception, and changes nothing",
+          "[key_queue][coalescing]") {
+  // make_run (an allocation, the user's Request moved into the run) runs
+  // outside the lock; should it throw, the request is refused with that
+  // exception, never accepted, and keeps no reference of the queue's.
   fixture f;
   bool destroyed = false;
   {
     auto r = make_request();
     r->destroyed = &destroyed;
-    CHECK_THROWS_AS(f.queue.enqueue_coalesced(r, true, {}, "question",
-                                              [](request_base&) -> request_ptr { throw std::bad_alloc(); }),
-                    std::bad_alloc);
+    auto admitted = f.queue.enqueue_coalesced(r, true, {}, "question",
+                                              [](request_base&) -> request_ptr { throw std::bad_alloc(); });
+    CHECK(admitted.refused);
+    REQUIRE(admitted.error);
+    CHECK_THROWS_AS(std::rethrow_exception(admitted.error), std::bad_alloc);
+    CHECK_FALSE(admitted.wake);
+    CHECK_FALSE(f.queue.cancel(*r));  // done: a later cancellation does nothing
     CHECK(f.stats().submitted == 0);
+    CHECK(f.stats().rejected == 1);
+    CHECK(f.stats().queued == 0);
   }
   CHECK(destroyed);
   auto next = make_request();  // the key goes on
   f.submit(next);
   CHECK(f.stats().queued == 1);
+}
+
+namespace {
+
+/// A run that checks, when it is destroyed, that its queue's lock is free:
+/// the user's Request goes with it, and no user code runs under the lock.
+/// Another thread takes the lock (a held spin_mutex would keep it waiting).
+class lock_checking_run final : public request_base {
+ public:
+  struct probe {
+    key_queue* queue = nullptr;
+    std::atomic<int> under_lock{0};
+    std::atomic<int> destroyed{0};
+    std::vector<std::thread> checkers;  // joined by the test, once every lock is released
+  };
+
+  explicit lock_checking_run(probe& p) : probe_(p) { is_run = true; }
+  ~lock_checking_run() override {
+    auto taken = std::make_shared<std::atomic<bool>>(false);
+    probe_.checkers.emplace_back([q = probe_.queue, taken] {
+      (void)q->queued();
+      *taken = true;
+    });
+    const auto until = pool_clock::now() + 5s;
+    while (!*taken && pool_clock::now() < until) std::this_thread::sleep_for(1ms);
+    if (!*taken) probe_.under_lock.fetch_add(1);
+    probe_.destroyed.fetch_add(1);
+  }
+  void fail(error_code, std::exception_ptr) override {}
+  void abandon() noexcept override {}
+  run_info& coalesced() noexcept override { return info_; }
+
+ private:
+  probe& probe_;
+  run_info info_;
+};
+
+}  // namespace
+
+TEST_CASE("key queue: a run's last reference goes after the lock, however it ends", "[key_queue][coalescing]") {
+  // A queued run has no holder but the runs map: when its last caller
+  // leaves (cancelled, past its deadline, failed by shutdown), or when a
+  // full queue refuses the run just made, dropping that reference destroys
+  // it, and with it the user's Request. That must not happen under the
+  // queue's lock.
+  coalescing_fixture f(1);
+  static lock_checking_run::probe* probe = nullptr;  // make_run is a plain function pointer
+  lock_checking_run::probe checked;
+  checked.queue = &f.queue;
+  probe = &checked;
+  auto make = [](request_base&) -> request_ptr { return request_ptr(new lock_checking_run(*probe)); };
+  auto& destroyed = checked.destroyed;
+  auto submit = [&](const probe_ptr& r, bool wait_for_room, const SubmitOptions& options = {}) {
+    auto admitted = f.queue.enqueue_coalesced(r, wait_for_room, options, "x", make);
+    if (admitted.refused) r->fail(admitted.refused, admitted.error);
+    return admitted;
+  };
+  SECTION("its last caller cancelled") {
+    auto a = make_request();
+    submit(a, true);
+    REQUIRE(f.queue.cancel(*a));
+    CHECK(destroyed == 1);
+  }
+  SECTION("its last caller past its deadline") {
+    auto a = make_request();
+    SubmitOptions soon;
+    soon.timeout = 1ms;
+    submit(a, true, soon);
+    f.ioc.run_for(50ms);
+    CHECK(a->outcome == errc::request_timeout);
+    CHECK(destroyed == 1);
+  }
+  SECTION("its callers failed at shutdown") {
+    auto a = make_request();
+    auto b = make_request();
+    submit(a, true);
+    submit(b, true);
+    f.queue.fail_all(errc::shutting_down);
+    CHECK(b->outcome == errc::shutting_down);
+    CHECK(destroyed == 1);
+  }
+  SECTION("refused by a full queue as it is made") {
+    auto other = make_request();
+    f.submit(other);  // the queue (capacity 1) is full
+    auto a = make_request();
+    CHECK(submit(a, false).refused == errc::queue_full);
+    CHECK(destroyed == 1);
+    f.queue.fail_all(errc::shutting_down);
+  }
+  for (auto& t : checked.checkers) t.join();
+  CHECK(checked.under_lock == 0);
 }

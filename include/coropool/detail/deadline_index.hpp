@@ -39,7 +39,15 @@ class deadline_index {
     return front && front->deadline <= top->deadline ? front : top;
   }
 
-  /// Adds `r`, its deadline set; it must not be in the index.
+  /// Makes room for a request due at `deadline`, so that its insert() does
+  /// not allocate (key_queue allocates before it changes anything).
+  void reserve_for(clock::time_point deadline) {
+    if (in_order_.empty() || deadline >= in_order_.back().deadline) return;  // the list: no allocation
+    if (earlier_.size() == earlier_.capacity()) earlier_.reserve(earlier_.empty() ? 8 : 2 * earlier_.size());
+  }
+
+  /// Adds `r`, its deadline set; it must not be in the index. Allocates only
+  /// without reserve_for() first.
   void insert(request_base& r) {
     if (in_order_.empty() || r.deadline >= in_order_.back().deadline) {
       r.deadline_slot = 0;

@@ -40,6 +40,17 @@
 // unlocking. A path that comes later (an answer after the timeout, a
 // cancellation after the answer) finds `done` and does nothing.
 //
+// Nothing of the user's under the lock. A request's last reference is never
+// dropped under it (its Request's destructor would run there): a coalesced
+// run that ends gives the map's reference to retired_, which scoped_lock
+// drops after unlocking. The Request of a new run is moved (make_run)
+// before the lock is taken.
+//
+// Exceptions. Under the lock, every step of enqueue() that may throw (an
+// allocation) comes before its first change, so that one that does leaves
+// the queue as it was; the request is then refused, never accepted, and its
+// caller is completed with the exception (admission::error).
+//
 // Deadlines. One timer per key, at the earliest deadline of its outstanding
 // requests (`outstanding_`, a deadline_index). Requests with the pool's
 // request_timeout arrive in deadline order: they are inserted at the end of
@@ -108,7 +119,8 @@ class key_queue {
 
   /// What enqueue() decided; its caller acts on it after the lock.
   struct admission {
-    error_code refused;                             // set: complete the request with it
+    error_code refused;                             // set: complete the request with it (or `error`)
+    std::exception_ptr error;                       // what threw, when that refused it (see "Exceptions")
     std::unique_ptr<completion<request_ptr>> wake;  // set: a parked worker's, to complete with `handed`
     request_ptr handed;   // the run a coalesced request started; null: the request itself (no reference to count)
     bool joined = false;  // attached to a run already waiting or handled
@@ -125,7 +137,8 @@ class key_queue {
   /// parked worker, queues it, or (when the queue is full) makes room by
   /// holding back a lower level's newest request, or makes it wait for room;
   /// refuses it when the key is closed, its breaker is open, its deadline has
-  /// passed, or the queue is full and `wait_for_room` is false.
+  /// passed, or the queue is full and `wait_for_room` is false, or when an
+  /// allocation throws (admission::error), the queue then as it was.
   admission enqueue(const request_ptr& r, bool wait_for_room, const SubmitOptions& options = {});
 
   /// enqueue() for a request whose identity is `identity` (coalesce_key):
@@ -135,7 +148,8 @@ class key_queue {
   /// run takes one place in the queue, the highest level and the latest
   /// deadline of its callers; each caller keeps its own deadline and
   /// cancellation, and the run is withdrawn (or its answer discarded) when
-  /// its last caller has left.
+  /// its last caller has left. `make_run` runs outside the lock (it moves
+  /// the user's Request); what it throws refuses `r`, as in enqueue().
   admission enqueue_coalesced(const request_ptr& r, bool wait_for_room, const SubmitOptions& options,
                               std::string identity, request_ptr (*make_run)(request_base&));
 
@@ -208,7 +222,7 @@ class key_queue {
     std::vector<request_ptr> expired;
     std::pair<request_ptr, bool> result{nullptr, false};
     {
-      std::lock_guard lock(mutex_);
+      scoped_lock lock(*this);
       if (auto r = take_locked(w, now, expired)) {
         result.first = std::move(r);
       } else if (!closed_ && !draining_ && !w.shared.stop_requested.load(std::memory_order_relaxed)) {
@@ -335,16 +349,40 @@ class key_queue {
   /// Divisible by every weight up to 16; larger weights round their stride down.
   static constexpr std::uint64_t stride_unit = 720720;
 
+  /// The queue's lock, for a member's scope; the runs retired under it
+  /// (retired_) are released after it is unlocked, so that a run's last
+  /// reference, and its Request, never go under the lock.
+  class scoped_lock {
+   public:
+    explicit scoped_lock(key_queue& q) noexcept : q_(q) { q_.mutex_.lock(); }
+    scoped_lock(const scoped_lock&) = delete;
+    scoped_lock& operator=(const scoped_lock&) = delete;
+    ~scoped_lock() {
+      request_base* retired = q_.retired_;
+      if (retired) q_.retired_ = nullptr;
+      q_.mutex_.unlock();
+      if (retired) release_retired(retired);
+    }
+
+   private:
+    key_queue& q_;
+  };
+  static void release_retired(request_base* retired) noexcept;
+
   // Every *_locked member runs under mutex_; the bodies, with what each does,
   // are in detail/impl/key_queue*.ipp.
 
   // Admission and the levels (key_queue.ipp).
   clock::time_point accept_time_locked(clock::time_point read);
   clock::time_point deadline_of_locked(const SubmitOptions& options, clock::time_point now) const;
-  bool enqueue_coalesced_locked(request_base& r, bool wait_for_room, const SubmitOptions& options, std::string identity,
-                                request_ptr (*make_run)(request_base&), clock::time_point now, admission& result);
+  enum class coalescing { accepted, refused, needs_run };
+  coalescing enqueue_coalesced_locked(request_base& r, bool wait_for_room, const SubmitOptions& options,
+                                      std::string& identity, request_ptr& made, clock::time_point now,
+                                      admission& result);
+  void prepare_accept_locked(clock::time_point deadline);
   bool refuse_locked(request_base& r, clock::time_point deadline, clock::time_point now, admission& result);
   void refused_locked(request_base& r);
+  void refuse_thrown_locked(request_base& r, admission& result);
   bool admit_locked(request_base& unit, bool wait_for_room, clock::time_point now, admission& result);
   void accept_locked(request_base& r, clock::time_point deadline, clock::time_point now);
   void push_queued_locked(request_base& r);
@@ -414,6 +452,7 @@ class key_queue {
   // coroutine owns its record, and the request path pays no reference count;
   // the strand's rare uses get the owner from shared_from_this().
   std::vector<worker_record*> idle_;
+  request_base* retired_ = nullptr;  // runs ended under the lock, chained by run_info::next_retired (see scoped_lock)
   std::vector<worker_record*> collectors_;  // batches waiting for more, oldest first (see "Batching")
   std::vector<level> levels_;               // by priority, 0 the highest
   deadline_index outstanding_;

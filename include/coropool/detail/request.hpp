@@ -113,6 +113,7 @@ using deadline_list = boost::intrusive::list<
 struct request_base::run_info {
   std::string identity;  // what coalesce_key named
   request_list callers;  // attached and not done, first come first (their queue_hook: they are in no queue)
+  request_base* next_retired = nullptr;  // ended, its map reference to drop after the lock (key_queue::retired_)
 };
 
 inline request_base::~request_base() = default;

@@ -38,12 +38,13 @@ COROPOOL_DECL key_queue::admission key_queue::enqueue(const request_ptr& r, bool
   // throw), the request drops that reference after the lock.
   const auto read = clock::now();
   request_ptr list_ref(r);
-  {
-    std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
+  try {
     const auto now = accept_time_locked(read);
     const auto deadline = deadline_of_locked(options, now);
     if (!refuse_locked(*r, deadline, now, result)) {
       r->deadline = deadline;  // before admission: a collecting batch may have to start before it
+      prepare_accept_locked(deadline);
       if (admit_locked(*r, wait_for_room, now, result)) {
         accept_locked(*r, deadline, now);
         list_ref.detach();  // outstanding_'s now
@@ -51,6 +52,8 @@ COROPOOL_DECL key_queue::admission key_queue::enqueue(const request_ptr& r, bool
         refused_locked(*r);
       }
     }
+  } catch (...) {
+    refuse_thrown_locked(*r, result);
   }
   return result;
 }
@@ -61,43 +64,74 @@ COROPOOL_DECL key_queue::admission key_queue::enqueue_coalesced(const request_pt
   admission result;
   const auto read = clock::now();
   request_ptr list_ref(r);  // outstanding_'s, as in enqueue()
-  {
-    std::lock_guard lock(mutex_);
-    if (enqueue_coalesced_locked(*r, wait_for_room, options, std::move(identity), make_run, accept_time_locked(read),
-                                 result)) {
-      list_ref.detach();
+  request_ptr made;         // the run, when none waits for this identity; released after the lock when unused
+  for (;;) {
+    {
+      scoped_lock lock(*this);
+      try {
+        switch (
+            enqueue_coalesced_locked(*r, wait_for_room, options, identity, made, accept_time_locked(read), result)) {
+          case coalescing::accepted:
+            list_ref.detach();
+            return result;
+          case coalescing::refused:
+            return result;
+          case coalescing::needs_run:
+            break;
+        }
+      } catch (...) {
+        refuse_thrown_locked(*r, result);
+        return result;
+      }
+    }
+    // No run of that identity: one is made outside the lock, where moving
+    // the user's Request belongs; another caller may start one meanwhile,
+    // which r then joins, and `made` goes unused.
+    try {
+      made = make_run(*r);
+    } catch (...) {
+      scoped_lock lock(*this);
+      refuse_thrown_locked(*r, result);
+      return result;
     }
   }
-  return result;
 }
 
-COROPOOL_DECL bool key_queue::enqueue_coalesced_locked(request_base& r, bool wait_for_room,
-                                                       const SubmitOptions& options, std::string identity,
-                                                       request_ptr (*make_run)(request_base&), clock::time_point now,
-                                                       admission& result) {
+// enqueue_coalesced() under the lock: needs_run when no run of `identity`
+// waits and `made` is null (the caller makes one and comes back).
+COROPOOL_DECL key_queue::coalescing key_queue::enqueue_coalesced_locked(request_base& r, bool wait_for_room,
+                                                                        const SubmitOptions& options,
+                                                                        std::string& identity, request_ptr& made,
+                                                                        clock::time_point now, admission& result) {
   const auto deadline = deadline_of_locked(options, now);
-  if (refuse_locked(r, deadline, now, result)) return false;
+  if (refuse_locked(r, deadline, now, result)) return coalescing::refused;
   request_base* run = nullptr;
   if (auto it = runs_.find(identity); it != runs_.end()) {
+    prepare_accept_locked(deadline);
     run = it->second;
     result.joined = true;
     ++counters_.coalesced;
     if (r.priority < run->priority) raise_priority_locked(*run, r.priority);
   } else {
-    request_ptr made = make_run(r);  // takes r's Request
+    if (!made) return coalescing::needs_run;
+    prepare_accept_locked(deadline);
     made->priority = r.priority;
     made->deadline = deadline;
-    if (!admit_locked(*made, wait_for_room, now, result)) {
-      refused_locked(r);
-      return false;
+    const auto entry = runs_.emplace(identity, made.get()).first;  // may throw: before anything else changes
+    try {
+      if (!admit_locked(*made, wait_for_room, now, result)) {
+        runs_.erase(entry);
+        refused_locked(r);
+        return coalescing::refused;  // `made` goes after the lock
+      }
+    } catch (...) {
+      runs_.erase(entry);
+      throw;
     }
     if (result.wake) result.handed = made;
     made->accepted = now;
-    made->deadline = deadline;
     made->coalesced().identity = std::move(identity);
-    run = made.get();
-    runs_.emplace(run->coalesced().identity, run);
-    intrusive_ptr_add_ref(run);  // the runs_ map's, until the run ends
+    run = made.detach();  // the runs_ map's reference, until the run ends
   }
   run->deadline = std::max(run->deadline, deadline);
   if (result.joined && run->state == request_base::phase::in_flight) {
@@ -112,11 +146,11 @@ COROPOOL_DECL bool key_queue::enqueue_coalesced_locked(request_base& r, bool wai
   r.run = run;
   run->coalesced().callers.push_back(r);
   accept_locked(r, deadline, now);
-  return true;
+  return coalescing::accepted;
 }
 
 COROPOOL_DECL bool key_queue::cancel(request_base& r) {
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   if (r.state == request_base::phase::done) return false;
   claim_locked(r);  // the caller's reference keeps r alive
   ++outcome_counter_locked(asio::error::operation_aborted);
@@ -128,7 +162,7 @@ COROPOOL_DECL request_ptr key_queue::take(worker_record& w) {
   std::vector<request_ptr> expired;
   request_ptr r;
   {
-    std::lock_guard lock(mutex_);
+    scoped_lock lock(*this);
     r = take_locked(w, now, expired);
   }
   fail_expired(expired);
@@ -143,7 +177,7 @@ COROPOOL_DECL void key_queue::record_taken(worker_record& w, const request_base&
 
 COROPOOL_DECL bool key_queue::claim_answer(request_base& r, worker_record& w, bool error) {
   request_ptr list_ref;  // outstanding_'s reference, dropped after the lock
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   return claim_answer_locked(r, w, error, list_ref);
 }
 
@@ -154,7 +188,7 @@ COROPOOL_DECL request_ptr key_queue::claim_answer_and_take(request_base& r, work
   request_ptr next;
   request_ptr list_ref;  // outstanding_'s reference to `r`, dropped after the lock
   {
-    std::lock_guard lock(mutex_);
+    scoped_lock lock(*this);
     breaker_.record(failure, now);
     if (r.is_run) {
       answer = false;
@@ -177,7 +211,7 @@ COROPOOL_DECL request_ptr key_queue::claim_answer_and_take(request_base& r, work
 
 COROPOOL_DECL std::vector<request_ptr> key_queue::claim_current(worker_record& w, error_code ec) {
   std::vector<request_ptr> lost;
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   breaker_.record(true, clock::now());
   if (w.queue.batch_limit) {
     stop_collecting_locked(w);
@@ -232,6 +266,15 @@ COROPOOL_DECL bool key_queue::refuse_locked(request_base& r, clock::time_point d
   return true;
 }
 
+// Something under enqueue()'s lock threw, before anything had changed (see
+// "Exceptions"): `r` is refused, its caller to get the exception, and a
+// cancellation finds it done.
+COROPOOL_DECL void key_queue::refuse_thrown_locked(request_base& r, admission& result) {
+  refused_locked(r);
+  result.refused = errc::invalid_argument;  // not shown: `error` is what the caller gets
+  result.error = std::current_exception();
+}
+
 COROPOOL_DECL void key_queue::refused_locked(request_base& r) {
   r.state = request_base::phase::done;
   ++counters_.rejected;
@@ -255,11 +298,15 @@ COROPOOL_DECL bool key_queue::admit_locked(request_base& unit, bool wait_for_roo
   if (!idle_.empty()) {
     // A parked worker takes it directly: nothing is queued whenever one is parked.
     worker_record* woken = idle_.back();
-    idle_.pop_back();
-    result.wake = std::move(woken->queue.parked);
+    if (woken->queue.batch_limit) {  // what may throw, before anything changes: room for a batch and its collector
+      woken->queue.batch.reserve(woken->queue.batch.size() + 1);
+      collectors_.reserve(collectors_.size() + 1);
+    }
     woken->shared.state.transition(worker_state::ready);
     unit.accepted = now;
     hand_locked(unit, *woken, now);
+    idle_.pop_back();
+    result.wake = std::move(woken->queue.parked);
     start_collecting_locked(*woken);
     return true;
   }
@@ -285,7 +332,15 @@ COROPOOL_DECL void key_queue::accept_locked(request_base& r, clock::time_point d
   ++counters_.submitted;
   r.accepted = now;
   r.deadline = deadline;
-  outstanding_.insert(r);  // with the reference its caller took before the lock
+  outstanding_.insert(r);  // with the reference its caller took before the lock; room made by prepare_accept_locked
+}
+
+// What accepting a request due at `deadline` needs that may throw, before
+// anything changes (see "Exceptions"): room in outstanding_, and the timer
+// armed at the deadline if it is the earliest. A request then refused
+// leaves the timer early at worst: it fires, finds nothing due, and stops.
+COROPOOL_DECL void key_queue::prepare_accept_locked(clock::time_point deadline) {
+  outstanding_.reserve_for(deadline);
   if (!timer_armed_ || deadline < armed_at_) arm_timer_locked(deadline);
 }
 
@@ -315,7 +370,13 @@ COROPOOL_DECL void key_queue::end_run_locked(request_base& run) {
   withdraw_locked(run);
   run.state = request_base::phase::done;
   runs_.erase(run.coalesced().identity);
-  intrusive_ptr_release(&run);  // the map's: the worker or the caller at hand holds another
+  // The map's reference, perhaps the last (a queued run's last caller left):
+  // released after the lock (scoped_lock).
+  run.coalesced().next_retired = std::exchange(retired_, &run);
+}
+
+COROPOOL_DECL void key_queue::release_retired(request_base* retired) noexcept {
+  while (retired) intrusive_ptr_release(std::exchange(retired, retired->coalesced().next_retired));
 }
 
 // Claims every caller attached to `run` into `callers`, each counted with
@@ -348,16 +409,16 @@ COROPOOL_DECL void key_queue::claim_unit_locked(request_base& unit, std::vector<
 
 // Hands `r` to `w`, which is to run its handler.
 COROPOOL_DECL void key_queue::hand_locked(request_base& r, worker_record& w, clock::time_point now) {
-  r.state = request_base::phase::in_flight;
-  r.worker = &w;
   bool first = true;
   if (w.queue.batch_limit) {
     first = w.queue.batch.empty();
+    w.queue.batch.emplace_back(&r);  // first: should it throw, nothing has changed
     if (first) w.queue.batch_first = now;
-    w.queue.batch.emplace_back(&r);
   } else {
     w.queue.current = request_ptr(&r);
   }
+  r.state = request_base::phase::in_flight;
+  r.worker = &w;
   if (first) w.shared.state.transition(worker_state::processing);  // a batch's later units find it so
   // A worker serving one request at a time records it itself, after the lock (record_taken).
   if (w.queue.batch_limit) queue_time_.record(std::chrono::duration<double, std::micro>(now - r.accepted).count());
@@ -444,10 +505,10 @@ COROPOOL_DECL request_ptr key_queue::take_locked(worker_record& w, clock::time_p
       continue;
     }
     if (r.streamed && !w.queue.batch.empty()) return nullptr;  // a stream is served alone, after this batch
+    hand_locked(r, w, now);  // first: it may throw (a batch's room), and nothing has changed then
     unqueue_locked(r);
     virtual_time_ = l.pass;
     l.pass += l.stride;
-    hand_locked(r, w, now);
     promote_room_waiter_locked();
     return request_ptr(&r);
   }

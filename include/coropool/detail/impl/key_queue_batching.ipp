@@ -17,13 +17,13 @@ COROPOOL_DECL void key_queue::nudge_collector(std::pair<worker_ptr, std::uint64_
 }
 
 COROPOOL_DECL void key_queue::set_batching(worker_record& w, std::size_t limit, clock::duration delay) {
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   w.queue.batch_limit = limit;
   w.queue.batch_delay = delay;
 }
 
 COROPOOL_DECL std::pair<key_queue::worker_ptr, std::uint64_t> key_queue::stop_collecting(worker_record& w) {
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   std::pair<worker_ptr, std::uint64_t> nudge;
   if (w.queue.collecting && w.queue.go_at != clock::time_point::max()) {
     nudge = {w.shared_from_this(), w.queue.collect_gen};
@@ -34,7 +34,7 @@ COROPOOL_DECL std::pair<key_queue::worker_ptr, std::uint64_t> key_queue::stop_co
 
 COROPOOL_DECL std::vector<request_ptr> key_queue::release_held(worker_record& w, error_code ec) {
   std::vector<request_ptr> lost;
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   stop_collecting_locked(w);
   for (auto& u : std::exchange(w.queue.batch, {})) claim_unit_locked(*u, lost, ec);
   w.queue.batch_started = false;
@@ -47,7 +47,7 @@ COROPOOL_DECL bool key_queue::fill_batch(worker_record& w) {
   std::vector<request_ptr> expired;
   bool any = false;
   {
-    std::lock_guard lock(mutex_);
+    scoped_lock lock(*this);
     fill_batch_locked(w, now, expired);
     any = !w.queue.batch.empty();
   }
@@ -57,7 +57,7 @@ COROPOOL_DECL bool key_queue::fill_batch(worker_record& w) {
 
 COROPOOL_DECL clock::time_point key_queue::batch_start_time(worker_record& w, clock::duration delay,
                                                             clock::time_point now, std::uint64_t& gen) {
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   w.queue.go_at = clock::time_point::max();
   if (!w.queue.collecting) return now;
   // A request keeps at least one `delay` of its time for its handler: the
@@ -75,7 +75,7 @@ COROPOOL_DECL clock::time_point key_queue::batch_start_time(worker_record& w, cl
 COROPOOL_DECL std::vector<request_ptr> key_queue::start_batch(worker_record& w, clock::time_point now,
                                                               const request_base*& handling) {
   std::vector<request_ptr> live;
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   stop_collecting_locked(w);
   w.queue.go_at = clock::time_point::max();
   live.reserve(w.queue.batch.size());
@@ -105,7 +105,7 @@ COROPOOL_DECL bool key_queue::finish_batch(worker_record& w, const std::vector<r
   std::vector<request_ptr> callers;
   bool any = false;
   {
-    std::lock_guard lock(mutex_);
+    scoped_lock lock(*this);
     if (batch_error) {
       breaker_.record(batch_failure, now);  // one outcome: the half-open probes among its units end without theirs
       for (auto& u : units) {

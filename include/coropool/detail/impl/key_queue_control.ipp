@@ -11,7 +11,7 @@ namespace coropool::detail {
 COROPOOL_DECL std::vector<key_queue::worker_ptr> key_queue::release_idle(std::size_t at_most, clock::time_point now,
                                                                          clock::duration idle_for) {
   std::vector<worker_ptr> released;
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   // idle_ is a stack: the most recently parked is handed work first, the oldest age at the front.
   std::size_t n = 0;
   while (n < idle_.size() && n < at_most && now - idle_[n]->queue.idle_since >= idle_for) ++n;
@@ -21,7 +21,7 @@ COROPOOL_DECL std::vector<key_queue::worker_ptr> key_queue::release_idle(std::si
 }
 
 COROPOOL_DECL key_queue::worker_ptr key_queue::release_idle(const worker_record& w) {
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   for (auto it = idle_.begin(); it != idle_.end(); ++it) {
     if (*it == &w) {
       worker_ptr owner = (*it)->shared_from_this();
@@ -33,19 +33,19 @@ COROPOOL_DECL key_queue::worker_ptr key_queue::release_idle(const worker_record&
 }
 
 COROPOOL_DECL key_queue::closing key_queue::close() {
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   closed_ = true;
   return closing_locked();
 }
 
 COROPOOL_DECL key_queue::closing key_queue::start_draining() {
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   draining_ = true;
   return closing_locked();
 }
 
 COROPOOL_DECL void key_queue::stop_draining() {
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   draining_ = false;
 }
 
@@ -72,12 +72,12 @@ COROPOOL_DECL std::size_t key_queue::queued() const {
 }
 
 COROPOOL_DECL bool key_queue::breaker_refuses(clock::time_point now) {
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   return breaker_.refuses(now);
 }
 
 COROPOOL_DECL void key_queue::record_load_failure(bool counts, clock::time_point now) {
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   breaker_.record(counts, now);
 }
 

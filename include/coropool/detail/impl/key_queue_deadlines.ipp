@@ -12,7 +12,7 @@ COROPOOL_DECL void key_queue::expire(clock::time_point now) {
   std::vector<request_ptr> expired;
   std::vector<std::pair<worker_ptr, request_ptr>> interrupted;  // handlers still running theirs
   {
-    std::lock_guard lock(mutex_);
+    scoped_lock lock(*this);
     timer_armed_ = false;
     while (!outstanding_.empty() && outstanding_.earliest()->deadline <= now) {
       request_base& r = *outstanding_.earliest();
@@ -43,7 +43,7 @@ COROPOOL_DECL void key_queue::expire(clock::time_point now) {
 COROPOOL_DECL void key_queue::fail_all(error_code ec, const std::exception_ptr& error) {
   std::vector<request_ptr> claimed;
   {
-    std::lock_guard lock(mutex_);
+    scoped_lock lock(*this);
     claimed = claim_due_locked(clock::time_point::max());
     outcome_counter_locked(ec) += claimed.size();
   }
@@ -54,7 +54,7 @@ COROPOOL_DECL void key_queue::abandon() noexcept {
   std::vector<request_ptr> claimed;
   std::vector<std::unique_ptr<completion<request_ptr>>> parked;
   {
-    std::lock_guard lock(mutex_);
+    scoped_lock lock(*this);
     claimed = claim_due_locked(clock::time_point::max());
     for (worker_record* w : std::exchange(idle_, {})) parked.push_back(std::move(w->queue.parked));
   }
@@ -62,7 +62,7 @@ COROPOOL_DECL void key_queue::abandon() noexcept {
 }
 
 COROPOOL_DECL void key_queue::disarm_if_idle() {
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   if (outstanding_.empty()) {
     timer_armed_ = false;  // a wait the last re-arm superseded may still be pending: cancelled too
     timer_.cancel();
@@ -70,7 +70,7 @@ COROPOOL_DECL void key_queue::disarm_if_idle() {
 }
 
 COROPOOL_DECL void key_queue::disarm() {
-  std::lock_guard lock(mutex_);
+  scoped_lock lock(*this);
   timer_.cancel();
 }
 
@@ -85,10 +85,10 @@ COROPOOL_DECL void key_queue::expire_locked(request_base& r, std::vector<request
 // Claims the callers of `run` that are past their deadlines into
 // `expired`; true when none is left, and the run has ended with them.
 // (The run's own deadline, the latest of its callers', can be stale: a
-// caller that left does not lower it.)
+// caller that left does not lower it.) An ended run stays alive until the
+// lock is released (retired_).
 COROPOOL_DECL bool key_queue::expire_callers_locked(request_base& run, clock::time_point now,
                                                     std::vector<request_ptr>& expired) {
-  request_ptr hold(&run);  // the last caller's claim ends the run, and drops the map's reference
   auto& callers = run.coalesced().callers;
   for (auto it = callers.begin(); it != callers.end();) {
     request_base& c = *it++;
@@ -147,12 +147,13 @@ COROPOOL_DECL std::vector<request_ptr> key_queue::claim_due_locked(clock::time_p
 }
 
 COROPOOL_DECL void key_queue::arm_timer_locked(clock::time_point at) {
-  timer_armed_ = true;
-  armed_at_ = at;
+  timer_armed_ = false;   // until the wait is pending: should async_wait throw, the next request re-arms
   timer_.expires_at(at);  // cancels the wait it replaces, if any
   timer_.async_wait(wait_task([owner = owner_.lock(), this](error_code ec) {
     if (!ec) expire(clock::now());
   }));
+  timer_armed_ = true;
+  armed_at_ = at;
 }
 
 }  // namespace coropool::detail

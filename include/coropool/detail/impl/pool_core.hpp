@@ -30,7 +30,7 @@ void pool_core::start_submit(boost::intrusive_ptr<Op> op, const std::string& key
   request_ptr r(std::move(op));
   auto admitted = make_run ? k.queue.enqueue_coalesced(r, wait_for_room, options, std::move(identity), make_run)
                            : k.queue.enqueue(r, wait_for_room, options);
-  if (admitted.refused) return r->fail(admitted.refused, nullptr);
+  if (admitted.refused) return r->fail(admitted.refused, std::move(admitted.error));
   if (admitted.wake) return admitted.wake->complete(admitted.handed ? std::move(admitted.handed) : std::move(r));
   key_queue::nudge_collector(admitted.nudge);
   if (admitted.joined) return;     // attached to a run already there: nothing new waits
