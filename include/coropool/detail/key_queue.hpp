@@ -47,9 +47,10 @@
 // before the lock is taken.
 //
 // Exceptions. Under the lock, every step of enqueue() that may throw (an
-// allocation) comes before its first change, so that one that does leaves
-// the queue as it was; the request is then refused, never accepted, and its
-// caller is completed with the exception (admission::error).
+// allocation) comes before its first change but the breaker's, so that one
+// that does leaves the queue as it was (a half-open probe it took is given
+// back); the request is then refused, never accepted, and its caller is
+// completed with the exception (admission::error).
 //
 // Deadlines. One timer per key, at the earliest deadline of its outstanding
 // requests (`outstanding_`, a deadline_index). Requests with the pool's

@@ -126,6 +126,7 @@ COROPOOL_DECL key_queue::coalescing key_queue::enqueue_coalesced_locked(request_
       }
     } catch (...) {
       runs_.erase(entry);
+      if (made->probe) breaker_.release_probe(std::exchange(made->probe, 0));
       throw;
     }
     if (result.wake) result.handed = made;
@@ -270,6 +271,7 @@ COROPOOL_DECL bool key_queue::refuse_locked(request_base& r, clock::time_point d
 // "Exceptions"): `r` is refused, its caller to get the exception, and a
 // cancellation finds it done.
 COROPOOL_DECL void key_queue::refuse_thrown_locked(request_base& r, admission& result) {
+  if (r.probe) breaker_.release_probe(std::exchange(r.probe, 0));  // admitted as a probe before the throw
   refused_locked(r);
   result.refused = errc::invalid_argument;  // not shown: `error` is what the caller gets
   result.error = std::current_exception();
